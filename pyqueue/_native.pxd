@@ -1,0 +1,126 @@
+# _native.pxd - the C API of native/, declared once (implemented in _native.pyx).
+from libc.stdint cimport uint32_t, uint64_t, int64_t, int32_t
+
+
+cdef extern from "pq_error.h" nogil:
+    int PQ_ECORRUPT
+    int PQ_ETOOLARGE
+    int PQ_ERANGE
+    int PQ_ECONFIG
+    int PQ_EFORMAT
+    int PQ_ECLOSED
+    const char *pq_error_message()
+    void pq_error_clear()
+
+
+cdef extern from "crc32c.h" nogil:
+    uint32_t pq_crc32c(uint32_t crc, const void *data, size_t len)
+    uint32_t pq_crc32c_sw(uint32_t crc, const void *data, size_t len)
+    uint32_t pq_crc32c_hw(uint32_t crc, const void *data, size_t len)
+    int pq_crc32c_hw_available()
+
+
+cdef extern from "murmur2.h" nogil:
+    int32_t pq_murmur2(const void *key, size_t len)
+    uint32_t pq_murmur2_partition(const void *key, size_t len, uint32_t partitions)
+
+
+cdef extern from "wake.h" nogil:
+    int64_t pq_now_ns()
+    int64_t pq_monotonic_ns()
+
+
+cdef extern from "segment.h" nogil:
+    int PQ_FORMAT_VERSION
+    int PQ_SEGMENT_HEADER_SIZE
+    int PQ_FRAME_HEADER_SIZE
+    uint32_t PQ_NO_KEY
+    uint32_t PQ_SEGMENT_MIN_BYTES
+    uint32_t PQ_SEGMENT_MAX_BYTES
+
+    ctypedef struct pq_segment_t:
+        uint64_t base
+        uint64_t size
+        unsigned char *map
+
+    ctypedef struct pq_record_t:
+        uint64_t offset
+        int64_t timestamp
+        int64_t deliver_at
+        const void *key
+        uint32_t key_len
+        uint32_t headers_len
+        const void *headers
+        const void *value
+        uint32_t value_len
+        uint32_t attributes
+        uint32_t position
+        uint32_t frame_len
+
+    uint64_t pq_frame_size(uint32_t key_len, uint32_t headers_len, uint32_t value_len)
+    void pq_segment_incref(pq_segment_t *seg)
+    void pq_segment_decref(pq_segment_t *seg)
+
+
+cdef extern from "log.h" nogil:
+    ctypedef struct pq_log_config_t:
+        uint64_t segment_bytes
+        uint64_t max_message_bytes
+        uint64_t retention_bytes
+        int64_t retention_ns
+
+    ctypedef struct pq_log_t:
+        pass
+
+    ctypedef struct pq_log_recovery_t:
+        int sole_opener
+        int trusted
+        int lock_repaired
+        uint64_t scanned_bytes
+        uint64_t truncated_bytes
+
+    int pq_log_open(const char *dir, const pq_log_config_t *cfg, int create, pq_log_t **out)
+    void pq_log_close(pq_log_t *log)
+    int pq_log_append(pq_log_t *log, pq_record_t *recs, size_t n, uint64_t *first_offset)
+    int pq_log_read_many(pq_log_t *log, uint64_t offset, pq_record_t *recs, size_t max,
+                         pq_segment_t **seg)
+    void pq_log_bounds(pq_log_t *log, uint64_t *start, uint64_t *end)
+    int pq_log_offset_for_time(pq_log_t *log, int64_t ts_ns, uint64_t *out)
+    int pq_log_sync(pq_log_t *log, uint64_t upto)
+    uint64_t pq_log_synced(pq_log_t *log)
+    int pq_log_wait(pq_log_t *log, uint64_t offset, int64_t timeout_ns)
+    void pq_log_wake_all(pq_log_t *log)
+    int pq_log_enforce_retention(pq_log_t *log, int64_t now_ns)
+    void pq_log_recovery_info(pq_log_t *log, pq_log_recovery_t *out)
+    void pq_log_disk_usage(pq_log_t *log, uint64_t *segments, uint64_t *bytes)
+
+
+cdef class Receipt:
+    cdef readonly str topic
+    cdef readonly int partition
+    cdef readonly object offset
+
+
+cdef class Message:
+    cdef readonly str topic
+    cdef readonly int partition
+    cdef readonly object offset
+    cdef readonly int64_t timestamp_ns
+    cdef readonly object key
+    cdef readonly object value
+    cdef readonly int delivery_count
+    cdef bytes _raw_headers
+    cdef object _headers
+    cdef public object _owner
+
+
+cdef class Log:
+    cdef pq_log_t *_log
+    cdef readonly str path
+    cdef readonly str topic
+    cdef readonly int partition
+    cdef uint64_t _max_message_bytes
+    cdef int _busy
+    cdef bint _closed
+    cdef int _enter(self) except -1
+    cdef void _leave(self)

@@ -1,0 +1,193 @@
+"""Topic: a named stream of messages split into partitions (one Log each)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import time
+from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
+
+from pyqueue import _native
+from pyqueue._native import Log, Message, Receipt, encode_headers, partition_for_key
+from pyqueue.config import TopicConfig
+from pyqueue.errors import Closed, PartitionOutOfRange
+from pyqueue.record_batch import RecordBatch
+
+if TYPE_CHECKING:
+    from pyqueue.broker import Broker
+
+__all__ = ["Topic", "BatchReceipt"]
+
+
+class BatchReceipt(NamedTuple):
+    """Where a batch landed: one partition, dense offsets."""
+
+    topic: str
+    partition: int
+    offsets: range
+
+
+class Topic:
+    """A topic of a broker.  Get one with Broker.topic(); safe to share between threads."""
+
+    def __init__(self, broker: "Broker", name: str, path: str, config: TopicConfig) -> None:
+        self.name = name
+        self.path = path
+        self.config = config
+        self._broker = broker
+        self._always = broker.fsync == "always"
+        self._rr = itertools.count()
+        self._logs: list[Log] = []
+        try:
+            for p in range(config.partitions):
+                self._logs.append(Log(
+                    os.path.join(path, str(p)), name, p,
+                    segment_bytes=config.segment_bytes,
+                    max_message_bytes=config.max_message_bytes,
+                    retention_bytes=config.retention_bytes or 0,
+                    retention_seconds=config.retention_seconds or 0.0,
+                ))
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def partitions(self) -> int:
+        return self.config.partitions
+
+    def __repr__(self) -> str:
+        return f"Topic({self.name!r}, partitions={self.partitions})"
+
+    # -- producing --
+
+    def partition_for(self, key: Optional[bytes]) -> int:
+        """The partition a message with `key` goes to (murmur2, as Kafka's
+        default partitioner; round robin when key is None)."""
+        n = self.config.partitions
+        if key is None:
+            return next(self._rr) % n
+        return partition_for_key(key, n)
+
+    def _log(self, partition: int) -> Log:
+        if type(partition) is not int:
+            raise TypeError(f"partition must be int, not {type(partition).__name__}")
+        if not 0 <= partition < self.config.partitions:
+            raise PartitionOutOfRange(f"topic {self.name!r} has partitions 0..{self.config.partitions - 1}; "
+                                      f"got {partition}")
+        try:
+            return self._logs[partition]
+        except IndexError:
+            raise Closed(f"topic {self.name!r} is closed") from None
+
+    def send(self, value: bytes, key: Optional[bytes] = None, *,
+             headers: Optional[dict[str, bytes]] = None, partition: Optional[int] = None) -> Receipt:
+        """Append one message; returns Receipt(topic, partition, offset).
+
+        With fsync="always" it returns once the message is on disk."""
+        if partition is None:
+            n = self.config.partitions
+            partition = next(self._rr) % n if key is None else partition_for_key(key, n)
+            log = self._logs[partition] if self._logs else self._log(partition)
+        else:
+            log = self._log(partition)
+        receipt = log.append(value, key, encode_headers(headers) if headers else None)
+        if self._always:
+            log.sync(receipt.offset + 1)
+        return receipt
+
+    def send_batch(self, values: Iterable[Any], key: Optional[bytes] = None, *,
+                   headers: Optional[dict[str, bytes]] = None,
+                   partition: Optional[int] = None) -> BatchReceipt:
+        """Append many messages to one partition under one lock.
+
+        `values` is a sequence of bytes-like objects or a 2-D uint8 numpy array
+        (one row per message, copied once).  Returns BatchReceipt with the
+        dense range of offsets.  All-or-nothing, except that a batch larger
+        than a segment that fails on a full disk may keep its first segments."""
+        if partition is None:
+            partition = self.partition_for(key)
+        log = self._log(partition)
+        first, count = log.append_batch(values, key, encode_headers(headers) if headers else None)
+        if self._always and count:
+            log.sync(first + count)
+        return BatchReceipt(self.name, partition, range(first, first + count))
+
+    def flush(self) -> None:
+        """Return once everything sent so far (by any process) is on disk."""
+        for log in self._live_logs():
+            log.sync()
+
+    # -- reading --
+
+    def read(self, partition: int, offset: int, max_messages: int = 100) -> list[Message]:
+        """Up to max_messages messages from `offset` (raw replay, no group).
+
+        Raises OffsetOutOfRange below the retained start or past the end."""
+        _check_offset(offset)
+        return self._log(partition).read(offset, max_messages)
+
+    def read_batch(self, partition: int, offset: int, n: int) -> RecordBatch:
+        """Up to n records from one segment, zero-copy (see RecordBatch)."""
+        _check_offset(offset)
+        return RecordBatch(self.name, partition, self._log(partition).read_batch(offset, n))
+
+    def offsets(self, partition: int) -> tuple[int, int]:
+        """(first retained offset, next offset to be written)."""
+        return self._log(partition).bounds()
+
+    def offset_for_time(self, partition: int, ts: float) -> int:
+        """First offset whose timestamp is >= ts (epoch seconds); the end offset if none."""
+        if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
+            raise TypeError(f"ts must be a finite number of epoch seconds, not {ts!r}")
+        return self._log(partition).offset_for_time(float(ts))
+
+    def wait(self, partition: int, offset: int, timeout: Optional[float] = None) -> bool:
+        """Block until record `offset` exists in the partition (any process may
+        write it); False on timeout.  Woken by the append, not by polling."""
+        log = self._log(partition)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            if log.wait(offset, remaining):
+                return True
+            if log.closed or (deadline is not None and time.monotonic() >= deadline):
+                return False
+
+    # -- upkeep --
+
+    def enforce_retention(self) -> int:
+        """Drop segments past the retention limits now; returns how many."""
+        return sum(log.enforce_retention() for log in self._live_logs())
+
+    def stats(self) -> dict[str, Any]:
+        parts = {}
+        for log in self._live_logs():
+            start, end = log.bounds()
+            segments, nbytes = log.disk_usage()
+            parts[log.partition] = {"start": start, "end": end, "messages": end - start,
+                                    "segments": segments, "bytes": nbytes, "synced": log.synced}
+        return {"partitions": parts, "config": self.config.__dict__.copy()}
+
+    def _live_logs(self) -> list[Log]:
+        if not self._logs:
+            raise Closed(f"topic {self.name!r} is closed")
+        return list(self._logs)
+
+    def _sync_all(self) -> None:
+        for log in list(self._logs):
+            if not log.closed:
+                log.sync()
+
+    def close(self) -> None:
+        logs, self._logs = self._logs, []
+        for log in logs:
+            log.close()
+
+
+def _check_offset(offset: object) -> None:
+    if type(offset) is not int:
+        raise TypeError(f"offset must be int, not {type(offset).__name__}")
+    if offset < 0:
+        from pyqueue.errors import OffsetOutOfRange
+        raise OffsetOutOfRange(f"offset {offset} is negative")
