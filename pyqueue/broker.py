@@ -112,7 +112,7 @@ class Broker:
             if not os.path.exists(cfg_path):
                 if not create:
                     raise UnknownTopic(f"no topic {name!r} in {self.path}")
-                config = TopicConfig(**{k: v for k, v in requested.items() if v is not None})
+                config = TopicConfig.for_create(requested)
                 os.makedirs(tdir, mode=0o700, exist_ok=True)
                 _write_once(cfg_path, config.to_json(name) + "\n")   # first creator wins
             with _open_text(cfg_path) as f:

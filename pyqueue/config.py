@@ -63,6 +63,16 @@ class TopicConfig:
         if self.max_depth is not None:
             _int_in("max_depth", self.max_depth, 1, 1 << 62)
 
+    @classmethod
+    def for_create(cls, options: dict[str, Any]) -> "TopicConfig":
+        """The config of a new topic from the options given (None = default).
+        max_message_bytes defaults to 1 MiB, or what a smaller segment holds."""
+        given = {k: v for k, v in options.items() if v is not None}
+        if "max_message_bytes" not in given and isinstance(given.get("segment_bytes"), int):
+            given["max_message_bytes"] = max(1, min(cls.max_message_bytes,
+                                                    given["segment_bytes"] - _FRAME_OVERHEAD))
+        return cls(**given)
+
     def to_json(self, name: str) -> str:
         return json.dumps({"format": CONFIG_FORMAT, "name": name, **dataclasses.asdict(self)},
                           indent=2, sort_keys=True)
