@@ -548,11 +548,10 @@ cdef class Log:
             free(recs)
             self._leave()
 
-    def offset_for_time(self, double ts):
-        """First offset with timestamp >= ts (epoch seconds); the end if none."""
+    def offset_for_time_ns(self, int64_t t):
+        """First offset with timestamp >= t (ns since the epoch); the end if none."""
         cdef uint64_t out = 0
         cdef int rc
-        cdef int64_t t = <int64_t>(ts * 1e9)
         self._enter()
         try:
             with nogil:

@@ -140,7 +140,7 @@ class Topic:
         """First offset whose timestamp is >= ts (epoch seconds); the end offset if none."""
         if not isinstance(ts, (int, float)) or isinstance(ts, bool) or not math.isfinite(ts):
             raise TypeError(f"ts must be a finite number of epoch seconds, not {ts!r}")
-        return self._log(partition).offset_for_time(float(ts))
+        return self._log(partition).offset_for_time_ns(_first_ns_at_or_after(float(ts)))
 
     def wait(self, partition: int, offset: int, timeout: Optional[float] = None) -> bool:
         """Block until record `offset` exists in the partition (any process may
@@ -183,6 +183,19 @@ class Topic:
         logs, self._logs = self._logs, []
         for log in logs:
             log.close()
+
+
+def _first_ns_at_or_after(ts: float) -> int:
+    """The smallest integer n with n / 1e9 >= ts: the ns threshold that makes
+    offset_for_time(m.timestamp) find m although float seconds round ns."""
+    lo, hi = int(ts * 1e9) - 4096, int(ts * 1e9) + 4096
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if mid / 1e9 >= ts:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _check_offset(offset: object) -> None:
