@@ -39,7 +39,9 @@
 #include <unistd.h>
 
 #include "crc32c.h"
+#include "notify.h"
 #include "pq_error.h"
+#include "shmfile.h"
 #include "wake.h"
 
 #define STATE_FILE     "state"
@@ -96,6 +98,7 @@ struct pq_log {
     size_t nslots, cap;
     uint64_t use_clock;
     pq_segment_t *tail;           /* appends go here; replaced under both locks */
+    pq_notify_t *notify;          /* the topic's wake-up word, not owned */
     pq_log_recovery_t info;
 };
 
@@ -414,6 +417,14 @@ static void wake_waiters(pq_log_t *log)
         __atomic_add_fetch(&log->st->wake_seq, 1, __ATOMIC_SEQ_CST);
         pq_wake_all(&log->st->wake_seq);
     }
+    pq_notify_t *n = __atomic_load_n(&log->notify, __ATOMIC_ACQUIRE);
+    if (n)
+        pq_notify_wake(n);
+}
+
+void pq_log_set_notify(pq_log_t *log, pq_notify_t *notify)
+{
+    __atomic_store_n(&log->notify, notify, __ATOMIC_RELEASE);
 }
 
 static void publish(pq_log_t *log, uint64_t pos, uint64_t next)
@@ -494,17 +505,6 @@ static void read_boot_id(char out[40])
         (void)n;
         close(fd);
     }
-}
-
-static int init_shared_mutex(pthread_mutex_t *m)
-{
-    pthread_mutexattr_t a;
-    pthread_mutexattr_init(&a);
-    pthread_mutexattr_setpshared(&a, PTHREAD_PROCESS_SHARED);
-    pthread_mutexattr_setrobust(&a, PTHREAD_MUTEX_ROBUST);
-    int rc = pthread_mutex_init(m, &a);
-    pthread_mutexattr_destroy(&a);
-    return -rc;
 }
 
 /* Untrusted state: the tail is the last segment; validate it frame by frame
@@ -617,8 +617,8 @@ static int recover(pq_log_t *log, int create)
         st->synced_base = st->tail_base;
     }
     st->waiters = 0;
-    if ((rc = init_shared_mutex(&st->append_lock.m)) != 0 ||
-        (rc = init_shared_mutex(&st->flush_lock.m)) != 0)
+    if ((rc = pq_shared_mutex_init(&st->append_lock.m)) != 0 ||
+        (rc = pq_shared_mutex_init(&st->flush_lock.m)) != 0)
         return pq_error_set(rc, "partition %s: cannot initialise locks", log->dir);
     log->info.sole_opener = 1;
     log->info.trusted = trusted;

@@ -88,6 +88,11 @@ uint64_t pq_log_synced(pq_log_t *log);
  * is made by writers unless someone waits. */
 int pq_log_wait(pq_log_t *log, uint64_t offset, int64_t timeout_ns);
 
+/* Also wake sleepers of `notify` (the topic's word) on every append.  The
+ * notify object must outlive the log.  NULL detaches. */
+struct pq_notify;
+void pq_log_set_notify(pq_log_t *log, struct pq_notify *notify);
+
 /* Wake every waiter of the partition (used to interrupt waits on close). */
 void pq_log_wake_all(pq_log_t *log);
 

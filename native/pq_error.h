@@ -18,6 +18,9 @@
 #define PQ_ECONFIG    10004   /* stored configuration disagrees with the request */
 #define PQ_EFORMAT    10005   /* a file of an unknown format version */
 #define PQ_ECLOSED    10006   /* the object was closed */
+#define PQ_ELEASE     10007   /* the lease expired and the message was delivered again */
+#define PQ_EFENCED    10008   /* a group member was removed (declared dead) and must rejoin */
+#define PQ_EFULL      10009   /* a fixed-size table is full (group members) */
 
 #define PQ_ERRMSG_MAX 512
 

@@ -9,6 +9,9 @@ cdef extern from "pq_error.h" nogil:
     int PQ_ECONFIG
     int PQ_EFORMAT
     int PQ_ECLOSED
+    int PQ_ELEASE
+    int PQ_EFENCED
+    int PQ_EFULL
     const char *pq_error_message()
     void pq_error_clear()
 
@@ -93,6 +96,73 @@ cdef extern from "log.h" nogil:
     int pq_log_enforce_retention(pq_log_t *log, int64_t now_ns)
     void pq_log_recovery_info(pq_log_t *log, pq_log_recovery_t *out)
     void pq_log_disk_usage(pq_log_t *log, uint64_t *segments, uint64_t *bytes)
+    void pq_log_set_notify(pq_log_t *log, pq_notify_t *notify)
+
+
+cdef extern from "notify.h" nogil:
+    ctypedef struct pq_notify_t:
+        pass
+    int pq_notify_open(const char *path, pq_notify_t **out)
+    void pq_notify_close(pq_notify_t *n)
+    uint32_t pq_notify_arm(pq_notify_t *n)
+    int pq_notify_sleep(pq_notify_t *n, uint32_t seq, int64_t timeout_ns)
+    void pq_notify_disarm(pq_notify_t *n)
+    void pq_notify_wake(pq_notify_t *n)
+
+
+cdef extern from "group.h" nogil:
+    int PQ_GROUP_STREAM
+    int PQ_GROUP_QUEUE
+    int PQ_GROUP_MAX_MEMBERS
+    int PQ_GROUP_MAX_WINDOW
+    uint64_t PQ_OFFSET_UNSET
+
+    ctypedef struct pq_group_t:
+        pass
+    ctypedef struct pq_group_config_t:
+        uint32_t mode
+        uint32_t partitions
+        uint32_t window
+    ctypedef struct pq_member_info_t:
+        uint64_t member_id
+        int32_t pid
+        uint32_t slot
+        int64_t heartbeat_ns
+    ctypedef struct pq_partition_info_t:
+        uint64_t committed
+        uint64_t next
+        uint64_t owner
+        uint32_t leased, ready, delayed, done
+        uint64_t dead_letters
+    ctypedef struct pq_lease_t:
+        uint64_t offset
+        uint64_t lease_id
+        uint32_t deliveries
+
+    int pq_group_open(const char *path, const pq_group_config_t *cfg, pq_group_t **out)
+    void pq_group_close(pq_group_t *g)
+    int pq_group_join(pq_group_t *g, int32_t pid, int64_t now_mono, uint32_t *slot, uint64_t *member_id)
+    int pq_group_leave(pq_group_t *g, uint64_t member_id)
+    int pq_group_heartbeat(pq_group_t *g, uint32_t slot, uint64_t member_id, int64_t now_mono)
+    int pq_group_reap(pq_group_t *g, int64_t now_mono, int64_t session_ns)
+    uint64_t pq_group_generation(pq_group_t *g)
+    int pq_group_members(pq_group_t *g, pq_member_info_t *out, size_t max)
+    int pq_group_partition_info(pq_group_t *g, uint32_t p, pq_partition_info_t *out)
+    int pq_group_init_offset(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t *committed)
+    int pq_group_claim(pq_group_t *g, uint32_t p, uint64_t member_id, uint64_t *committed)
+    int pq_group_commit(pq_group_t *g, uint32_t p, uint64_t member_id, uint64_t offset, int release)
+    int pq_group_seek(pq_group_t *g, uint32_t p, uint64_t member_id, uint64_t offset)
+    int pq_group_lease(pq_group_t *g, uint32_t p, pq_log_t *log, uint32_t slot, int64_t now_ns,
+                       int64_t visibility_ns, int ordered, pq_lease_t *out, size_t max,
+                       int64_t *next_due_ns)
+    int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
+    int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
+                      int64_t now_ns, int64_t delay_ns)
+    int pq_group_extend(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
+                        int64_t now_ns, int64_t extend_ns)
+    void pq_group_count_dead_letter(pq_group_t *g, uint32_t p)
+    void pq_group_set_notify(pq_group_t *g, pq_notify_t *notify)
+    int pq_group_sync(pq_group_t *g)
 
 
 cdef class Receipt:
@@ -109,9 +179,15 @@ cdef class Message:
     cdef readonly object key
     cdef readonly object value
     cdef readonly int delivery_count
+    cdef public uint64_t _lease_id
     cdef bytes _raw_headers
     cdef object _headers
     cdef public object _owner
+
+
+cdef class Notify:
+    cdef pq_notify_t *_n
+    cdef readonly str path
 
 
 cdef class Log:
@@ -124,3 +200,15 @@ cdef class Log:
     cdef bint _closed
     cdef int _enter(self) except -1
     cdef void _leave(self)
+
+
+cdef class Group:
+    cdef pq_group_t *_g
+    cdef readonly str path
+    cdef readonly int partitions
+    cdef readonly int mode
+    cdef readonly int window
+    cdef bint _closed
+    cdef int _busy
+    cdef object _notify
+    cdef int _enter(self) except -1

@@ -7,7 +7,7 @@ from cpython.buffer cimport (PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_
                              PyBUF_C_CONTIGUOUS)
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython cimport array
-from libc.stdint cimport uint32_t, uint64_t, int64_t, UINT64_MAX
+from libc.stdint cimport uint32_t, uint64_t, int64_t, UINT64_MAX, INT64_MAX
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy
 
@@ -15,8 +15,16 @@ import array as _array
 import os as _os
 import time as _time
 
-from pyqueue.errors import (Closed, ConfigError, CorruptionError, MessageTooLarge,
+from pyqueue.errors import (Closed, ConfigError, CorruptionError, LeaseLost, MessageTooLarge,
                             OffsetOutOfRange, PyQueueError, StorageError)
+
+
+class MemberFenced(PyQueueError):
+    """This member was removed from its group (declared dead); it must rejoin."""
+
+
+class GroupFull(PyQueueError):
+    """The group has as many members as it can hold."""
 
 FORMAT_VERSION = PQ_FORMAT_VERSION
 FRAME_HEADER_SIZE = PQ_FRAME_HEADER_SIZE
@@ -42,6 +50,12 @@ cdef object _error(int rc):
         return ConfigError(msg)
     if code == PQ_ECLOSED:
         return Closed(msg)
+    if code == PQ_ELEASE:
+        return LeaseLost(msg)
+    if code == PQ_EFENCED:
+        return MemberFenced(msg)
+    if code == PQ_EFULL:
+        return GroupFull(msg)
     return StorageError(code, msg or _os.strerror(code))
 
 
@@ -579,6 +593,44 @@ cdef class Log:
         pq_log_wake_all(self._log)
         self._leave()
 
+    def set_notify(self, Notify notify):
+        """Wake `notify`'s sleepers on every append (None detaches)."""
+        self._enter()
+        pq_log_set_notify(self._log, notify._n if notify is not None else NULL)
+        self._leave()
+
+    def read_offsets(self, offsets):
+        """Messages at the given offsets (sorted ascending), read in runs."""
+        cdef pq_record_t recs[256]
+        cdef pq_segment_t *seg = NULL
+        cdef list out = []
+        cdef Py_ssize_t i = 0, n = len(offsets), run
+        cdef uint64_t first
+        cdef int got, k
+        self._enter()
+        try:
+            while i < n:
+                first = offsets[i]
+                run = 1
+                while i + run < n and run < 256 and offsets[i + run] == first + run:
+                    run += 1
+                pq_error_clear()
+                with nogil:
+                    got = pq_log_read_many(self._log, first, recs, <size_t>run, &seg)
+                _check(got)
+                if got == 0:
+                    raise OffsetOutOfRange(f"offset {first} is past the end of {self.topic}[{self.partition}]")
+                try:
+                    for k in range(got):
+                        out.append(_make_message(self.topic, self.partition, &recs[k]))
+                finally:
+                    pq_segment_decref(seg)
+                    seg = NULL
+                i += got
+            return out
+        finally:
+            self._leave()
+
     def recovery_info(self):
         cdef pq_log_recovery_t info
         self._enter()
@@ -595,6 +647,294 @@ cdef class Log:
         pq_log_disk_usage(self._log, &segs, &nbytes)
         self._leave()
         return (segs, nbytes)
+
+
+# ---- wake-ups per topic ----
+
+cdef class Notify:
+    """The topic's shared wake-up word (native/notify.h)."""
+
+    def __init__(self, str path):
+        bpath = _os.fsencode(path)
+        cdef const char *cpath = bpath
+        cdef int rc
+        pq_error_clear()
+        with nogil:
+            rc = pq_notify_open(cpath, &self._n)
+        _check(rc)
+        self.path = path
+
+    def arm(self):
+        """Count this thread as a sleeper and return the sequence to sleep on."""
+        if self._n == NULL:
+            raise Closed("closed")
+        return pq_notify_arm(self._n)
+
+    def sleep(self, uint32_t seq, timeout=None):
+        """Sleep until woken (or the timeout), then disarm."""
+        cdef int64_t t = -1 if timeout is None else <int64_t>(max(0.0, float(timeout)) * 1e9)
+        if self._n == NULL:
+            raise Closed("closed")
+        with nogil:
+            pq_notify_sleep(self._n, seq, t)
+
+    def disarm(self):
+        if self._n != NULL:
+            pq_notify_disarm(self._n)
+
+    def wake(self):
+        if self._n != NULL:
+            pq_notify_wake(self._n)
+
+    def close(self):
+        # Logs and groups that point at it are closed first (Topic.close).
+        if self._n != NULL:
+            pq_notify_close(self._n)
+            self._n = NULL
+
+    def __dealloc__(self):
+        if self._n != NULL:
+            pq_notify_close(self._n)
+
+
+# ---- consumer groups ----
+
+GROUP_STREAM = PQ_GROUP_STREAM
+GROUP_QUEUE = PQ_GROUP_QUEUE
+GROUP_MAX_MEMBERS = PQ_GROUP_MAX_MEMBERS
+GROUP_MAX_WINDOW = PQ_GROUP_MAX_WINDOW
+OFFSET_UNSET = PQ_OFFSET_UNSET
+
+
+cdef class Group:
+    """A consumer group's shared state (native/group.h)."""
+
+    def __cinit__(self):
+        self._g = NULL
+
+    def __init__(self, str path, int mode, int partitions, int window, Notify notify=None):
+        cdef pq_group_config_t cfg
+        cfg.mode = mode
+        cfg.partitions = partitions
+        cfg.window = window
+        bpath = _os.fsencode(path)
+        cdef const char *cpath = bpath
+        cdef int rc
+        pq_error_clear()
+        with nogil:
+            rc = pq_group_open(cpath, &cfg, &self._g)
+        _check(rc)
+        self.path = path
+        self.partitions = partitions
+        self.mode = mode
+        self.window = window
+        self._notify = notify
+        if notify is not None:
+            pq_group_set_notify(self._g, notify._n)
+
+    cdef int _enter(self) except -1:
+        if self._closed:
+            raise Closed(f"group {self.path} is closed")
+        self._busy += 1
+        return 0
+
+    def close(self):
+        if self._closed:
+            return
+        self._closed = True
+        while self._busy > 0:
+            _time.sleep(0.0005)
+        if self._g != NULL:
+            pq_group_close(self._g)
+            self._g = NULL
+
+    def __dealloc__(self):
+        if self._g != NULL:
+            pq_group_close(self._g)
+
+    def join(self, int pid):
+        cdef uint32_t slot
+        cdef uint64_t mid
+        cdef int rc
+        self._enter()
+        try:
+            rc = pq_group_join(self._g, pid, pq_monotonic_ns(), &slot, &mid)
+            _check(rc)
+            return (slot, mid)
+        finally:
+            self._busy -= 1
+
+    def leave(self, uint64_t member_id):
+        cdef int rc
+        self._enter()
+        try:
+            with nogil:
+                rc = pq_group_leave(self._g, member_id)
+            _check(rc)
+        finally:
+            self._busy -= 1
+
+    def heartbeat(self, uint32_t slot, uint64_t member_id):
+        self._enter()
+        try:
+            _check(pq_group_heartbeat(self._g, slot, member_id, pq_monotonic_ns()))
+        finally:
+            self._busy -= 1
+
+    def reap(self, double session_timeout):
+        cdef int rc
+        cdef int64_t s = <int64_t>(session_timeout * 1e9)
+        self._enter()
+        try:
+            with nogil:
+                rc = pq_group_reap(self._g, pq_monotonic_ns(), s)
+            return _check(rc)
+        finally:
+            self._busy -= 1
+
+    @property
+    def generation(self):
+        self._enter()
+        try:
+            return pq_group_generation(self._g)
+        finally:
+            self._busy -= 1
+
+    def members(self):
+        """Live members sorted by id: list of (member_id, pid, slot, heartbeat_age_s)."""
+        cdef pq_member_info_t infos[64]
+        cdef int n, i
+        self._enter()
+        try:
+            n = _check(pq_group_members(self._g, infos, 64))
+            now = pq_monotonic_ns()
+            return [(infos[i].member_id, infos[i].pid, infos[i].slot,
+                     (now - infos[i].heartbeat_ns) / 1e9) for i in range(n)]
+        finally:
+            self._busy -= 1
+
+    def partition_info(self, uint32_t p):
+        cdef pq_partition_info_t info
+        self._enter()
+        try:
+            _check(pq_group_partition_info(self._g, p, &info))
+        finally:
+            self._busy -= 1
+        return {"committed": None if info.committed == PQ_OFFSET_UNSET else info.committed,
+                "next": None if info.next == PQ_OFFSET_UNSET else info.next,
+                "owner": info.owner, "leased": info.leased, "ready": info.ready,
+                "delayed": info.delayed, "done": info.done, "dead_letters": info.dead_letters}
+
+    def init_offset(self, uint32_t p, uint64_t offset):
+        cdef uint64_t committed
+        self._enter()
+        try:
+            _check(pq_group_init_offset(self._g, p, offset, &committed))
+            return committed
+        finally:
+            self._busy -= 1
+
+    def claim(self, uint32_t p, uint64_t member_id):
+        """Stream mode: committed offset if the partition was taken, else None."""
+        cdef uint64_t committed = 0
+        cdef int rc
+        self._enter()
+        try:
+            rc = _check(pq_group_claim(self._g, p, member_id, &committed))
+        finally:
+            self._busy -= 1
+        if rc == 0:
+            return None
+        return committed
+
+    def commit(self, uint32_t p, uint64_t member_id, offset, bint release=False):
+        cdef uint64_t off = PQ_OFFSET_UNSET if offset is None else offset
+        self._enter()
+        try:
+            _check(pq_group_commit(self._g, p, member_id, off, release))
+        finally:
+            self._busy -= 1
+
+    def seek(self, uint32_t p, uint64_t member_id, uint64_t offset):
+        self._enter()
+        try:
+            _check(pq_group_seek(self._g, p, member_id, offset))
+        finally:
+            self._busy -= 1
+
+    def lease(self, uint32_t p, Log log, uint32_t slot, double visibility, bint ordered,
+              Py_ssize_t max_messages, owner):
+        """Queue mode: lease up to max_messages of partition p and read them.
+        Returns (messages, next_due_seconds or None)."""
+        cdef pq_lease_t stack_leases[64]
+        cdef pq_lease_t *leases = stack_leases
+        cdef int64_t due = 0
+        cdef int64_t vis = <int64_t>(visibility * 1e9)
+        cdef int n, k
+        cdef Message m
+        if max_messages <= 0:
+            return ([], None)
+        if max_messages > 64:
+            leases = <pq_lease_t *>malloc(max_messages * sizeof(pq_lease_t))
+            if leases == NULL:
+                raise MemoryError()
+        self._enter()
+        log._enter()
+        try:
+            pq_error_clear()
+            with nogil:
+                n = pq_group_lease(self._g, p, log._log, slot, pq_now_ns(), vis, ordered,
+                                   leases, <size_t>max_messages, &due)
+            _check(n)
+            msgs = log.read_offsets([leases[k].offset for k in range(n)]) if n else []
+            for k in range(n):
+                m = msgs[k]
+                m.delivery_count = leases[k].deliveries
+                m._lease_id = leases[k].lease_id
+                m._owner = owner
+            return (msgs, None if due == INT64_MAX else due / 1e9)
+        finally:
+            log._leave()
+            self._busy -= 1
+            if leases != stack_leases:
+                free(leases)
+
+    def ack(self, uint32_t p, uint64_t offset, uint64_t lease_id):
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = pq_group_ack(self._g, p, offset, lease_id)
+        self._busy -= 1
+        _check(rc)
+
+    def nack(self, uint32_t p, uint64_t offset, uint64_t lease_id, double delay):
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = pq_group_nack(self._g, p, offset, lease_id, pq_now_ns(), <int64_t>(delay * 1e9))
+        self._busy -= 1
+        _check(rc)
+
+    def extend(self, uint32_t p, uint64_t offset, uint64_t lease_id, double seconds):
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = pq_group_extend(self._g, p, offset, lease_id, pq_now_ns(), <int64_t>(seconds * 1e9))
+        self._busy -= 1
+        _check(rc)
+
+    def count_dead_letter(self, uint32_t p):
+        self._enter()
+        pq_group_count_dead_letter(self._g, p)
+        self._busy -= 1
+
+    def sync(self):
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = pq_group_sync(self._g)
+        self._busy -= 1
+        _check(rc)
 
 
 # ---- small helpers ----

@@ -9,6 +9,7 @@ import os
 import shutil
 import threading
 import uuid
+import weakref
 from typing import Any, Optional
 
 from pyqueue.config import TopicConfig, validate_name
@@ -48,6 +49,7 @@ class Broker:
         self.fsync = fsync
         self.fsync_interval = float(fsync_interval)
         self._topics: dict[str, Topic] = {}
+        self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._lock = threading.RLock()
         self._closed = False
         self._init_directory(create)
@@ -155,6 +157,10 @@ class Broker:
         return {"path": self.path, "fsync": self.fsync,
                 "topics": {n: self.topic(n).stats() for n in names}}
 
+    def _register_consumer(self, consumer: Any) -> None:
+        with self._lock:
+            self._consumers.add(consumer)
+
     # -- upkeep --
 
     def _upkeep_loop(self) -> None:
@@ -163,6 +169,9 @@ class Broker:
         while not self._stop.wait(period):
             with self._lock:
                 topics = list(self._topics.values())
+                consumers = list(self._consumers)
+            for c in consumers:
+                c._tick()
             since_retention += period
             for t in topics:
                 try:
@@ -189,6 +198,12 @@ class Broker:
             self._upkeep.join()
         with self._lock:
             topics, self._topics = list(self._topics.values()), {}
+            consumers = list(self._consumers)
+        for c in consumers:
+            try:
+                c.close()
+            except Exception:   # a consumer failing to commit must not stop the close
+                pass
         try:
             if self.fsync != "never":
                 for t in topics:

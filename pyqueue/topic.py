@@ -5,17 +5,19 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pyqueue import _native
-from pyqueue._native import Log, Message, Receipt, encode_headers, partition_for_key
+from pyqueue._native import Group, Log, Message, Notify, Receipt, encode_headers, partition_for_key
 from pyqueue.config import TopicConfig
 from pyqueue.errors import Closed, PartitionOutOfRange
 from pyqueue.record_batch import RecordBatch
 
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
+    from pyqueue.consumer import Consumer
 
 __all__ = ["Topic", "BatchReceipt"]
 
@@ -39,6 +41,9 @@ class Topic:
         self._always = broker.fsync == "always"
         self._rr = itertools.count()
         self._logs: list[Log] = []
+        self._groups: dict[str, Group] = {}
+        self._groups_lock = threading.Lock()
+        self.notify = Notify(os.path.join(path, "notify"))
         try:
             for p in range(config.partitions):
                 self._logs.append(Log(
@@ -48,6 +53,7 @@ class Topic:
                     retention_bytes=config.retention_bytes or 0,
                     retention_seconds=config.retention_seconds or 0.0,
                 ))
+                self._logs[-1].set_notify(self.notify)
         except BaseException:
             self.close()
             raise
@@ -179,10 +185,52 @@ class Topic:
             if not log.closed:
                 log.sync()
 
+    # -- consumer groups --
+
+    def consumer(self, group: str, *, mode: str = "stream", **options: Any) -> "Consumer":
+        """A member of consumer group `group` on this topic.
+
+        mode="stream": Kafka semantics (partitions owned by one member, in
+        order, commits).  mode="queue": SQS/RabbitMQ semantics (leases with a
+        visibility timeout, per-message ack/nack).  See Consumer for options."""
+        from pyqueue.consumer import make_consumer
+        consumer = make_consumer(self, group, mode, options)
+        self._broker._register_consumer(consumer)
+        return consumer
+
+    def _group(self, name: str, mode: int, window: int) -> Group:
+        """The process's shared handle on a group's state file."""
+        with self._groups_lock:
+            g = self._groups.get(name)
+            if g is not None and (g.mode, g.window) != (mode, window):
+                g = None   # the native open below reports the conflict with the stored group
+                return Group(os.path.join(self.path, "groups", name + ".group"), mode,
+                             self.config.partitions, window, self.notify)
+            if g is None:
+                if not self._logs:
+                    raise Closed(f"topic {self.name!r} is closed")
+                os.makedirs(os.path.join(self.path, "groups"), mode=0o700, exist_ok=True)
+                g = Group(os.path.join(self.path, "groups", name + ".group"), mode,
+                          self.config.partitions, window, self.notify)
+                self._groups[name] = g
+            return g
+
+    def groups(self) -> list[str]:
+        """Names of the consumer groups that have state on this topic."""
+        gdir = os.path.join(self.path, "groups")
+        if not os.path.isdir(gdir):
+            return []
+        return sorted(n[:-len(".group")] for n in os.listdir(gdir) if n.endswith(".group"))
+
     def close(self) -> None:
         logs, self._logs = self._logs, []
+        with self._groups_lock:
+            groups, self._groups = list(self._groups.values()), {}
+        for g in groups:
+            g.close()
         for log in logs:
             log.close()
+        self.notify.close()
 
 
 def _first_ns_at_or_after(ts: float) -> int:

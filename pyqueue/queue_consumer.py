@@ -1,0 +1,116 @@
+"""Queue mode: SQS / RabbitMQ work-queue semantics on one machine.
+
+Members compete for every partition's messages.  Each delivery is a lease of
+visibility_timeout seconds held in the group's shared state: ack() finishes
+it, nack(delay) returns it (at once or after a delay), extend() lengthens it,
+and an expired lease makes the message deliverable again with its delivery
+count raised.  An ack after the lease expired and the message was delivered
+again raises LeaseLost.  The group's committed position per partition is its
+lowest unfinished offset; at most max_in_flight messages per partition are
+unfinished at a time (a full window makes poll wait).  ordered=True delivers
+one key's messages one at a time, in order (SQS FIFO message groups).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional
+
+from pyqueue._native import GROUP_MAX_WINDOW, GROUP_QUEUE, Message
+from pyqueue.consumer import Consumer, positive
+from pyqueue.errors import ConfigError, OffsetOutOfRange
+
+if TYPE_CHECKING:
+    from pyqueue.topic import Topic
+
+
+class QueueConsumer(Consumer):
+    """SQS-style member.  Options: visibility_timeout (s), max_in_flight (per
+    partition, fixed when the group is created), ordered, start, auto_ack,
+    session_timeout."""
+
+    mode = "queue"
+    _group_mode = GROUP_QUEUE
+
+    def __init__(self, topic: "Topic", group: str, *, visibility_timeout: float = 30.0,
+                 max_in_flight: int = 1024, ordered: bool = False, start: str = "earliest",
+                 auto_ack: bool = False, session_timeout: float = 10.0) -> None:
+        self.visibility_timeout = positive("visibility_timeout", visibility_timeout, maximum=43200)
+        if type(max_in_flight) is not int:
+            raise TypeError("max_in_flight must be int")
+        if not 1 <= max_in_flight <= GROUP_MAX_WINDOW:
+            raise ConfigError(f"max_in_flight={max_in_flight} is outside 1..{GROUP_MAX_WINDOW}")
+        if not isinstance(ordered, bool):
+            raise TypeError("ordered must be a bool")
+        self.max_in_flight = max_in_flight
+        self.ordered = ordered
+        self._next_partition = 0
+        super().__init__(topic, group, start=start, auto_ack=auto_ack,
+                         session_timeout=session_timeout, window=max_in_flight)
+        for p in range(topic.partitions):          # a new group starts at earliest or latest
+            start_off, end_off = topic.offsets(p)
+            self._state.init_offset(p, start_off if start == "earliest" else end_off)
+
+    def _fetch(self, n: int) -> tuple[list[Message], Optional[float]]:
+        out: list[Message] = []
+        due: Optional[float] = None
+        parts = self.topic.partitions
+        first = self._next_partition
+        self._next_partition = (first + 1) % parts
+        logs = self.topic._logs
+        for i in range(parts):
+            p = (first + i) % parts
+            msgs, p_due = self._state.lease(p, logs[p], self.slot, self.visibility_timeout,
+                                            self.ordered, n - len(out), self)
+            out.extend(msgs)
+            if p_due is not None and (due is None or p_due < due):
+                due = p_due
+            if len(out) >= n:
+                break
+        return out, due
+
+    def _ack(self, m: Message) -> None:
+        self._state.ack(m.partition, m.offset, m._lease_id)
+
+    def _nack(self, m: Message, delay: Optional[float]) -> None:
+        d = 0.0 if delay is None else positive("delay", delay, allow_zero=True)
+        self._state.nack(m.partition, m.offset, m._lease_id, d)
+
+    def _extend(self, m: Message, seconds: float) -> None:
+        self._state.extend(m.partition, m.offset, m._lease_id,
+                           positive("seconds", seconds, maximum=43200))
+
+    def seek(self, partition: int, offset: int) -> None:
+        """Move the whole group's position on `partition` (forgetting its
+        in-flight messages): replay from an earlier offset or skip ahead."""
+        self._check_open()
+        self.topic._log(partition)
+        start, end = self.topic.offsets(partition)
+        if type(offset) is not int:
+            raise TypeError("offset must be int")
+        if not start <= offset <= end:
+            raise OffsetOutOfRange(f"offset {offset} is outside {start}..{end} of partition {partition}")
+        self._state.seek(partition, self.member_id, offset)
+
+    def seek_to_time(self, ts: float) -> None:
+        for p in range(self.topic.partitions):
+            self.seek(p, self.topic.offset_for_time(p, ts))
+
+    def assignment(self) -> list[int]:
+        self._check_open()
+        return list(range(self.topic.partitions))
+
+    def lag(self) -> dict[int, int]:
+        """Per partition: messages not yet acked (in flight or never delivered)."""
+        self._check_open()
+        out = {}
+        for p in range(self.topic.partitions):
+            committed = self._state.partition_info(p)["committed"]
+            start, end = self.topic.offsets(p)
+            out[p] = end - max(committed if committed is not None else start, start)
+        return out
+
+    def in_flight(self) -> dict[int, dict[str, int]]:
+        """Per partition: leased, ready (to redeliver), delayed counts."""
+        return {p: {k: v for k, v in self._state.partition_info(p).items()
+                    if k in ("leased", "ready", "delayed")}
+                for p in range(self.topic.partitions)}
