@@ -311,6 +311,22 @@ int pq_group_open(const char *path, const pq_group_config_t *cfg, pq_group_t **o
     return 0;
 }
 
+int pq_group_probe(const char *path, pq_group_config_t *out)
+{
+    ghdr_t h;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return pq_error_set(-errno, "cannot open %s: %s", path, strerror(errno));
+    ssize_t n = pread(fd, &h, sizeof h, 0);
+    close(fd);
+    if (n != (ssize_t)sizeof h || memcmp(h.magic, GROUP_MAGIC, 8) != 0)
+        return pq_error_set(-PQ_ECORRUPT, "group file %s: bad header at byte 0", path);
+    out->mode = h.mode;
+    out->partitions = h.partitions;
+    out->window = h.window;
+    return 0;
+}
+
 void pq_group_close(pq_group_t *g)
 {
     if (!g)

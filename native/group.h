@@ -62,6 +62,10 @@ typedef struct pq_lease {
 int pq_group_open(const char *path, const pq_group_config_t *cfg, pq_group_t **out);
 void pq_group_close(pq_group_t *g);
 
+/* Read the mode, partition count and window stored in the group file at
+ * `path` without opening it for use (for stats).  -PQ_ECORRUPT if unreadable. */
+int pq_group_probe(const char *path, pq_group_config_t *out);
+
 /* ---- membership ---- */
 
 /* Add a member for process `pid`; -PQ_EFULL past PQ_GROUP_MAX_MEMBERS. */

@@ -141,6 +141,7 @@ cdef extern from "group.h" nogil:
 
     int pq_group_open(const char *path, const pq_group_config_t *cfg, pq_group_t **out)
     void pq_group_close(pq_group_t *g)
+    int pq_group_probe(const char *path, pq_group_config_t *out)
     int pq_group_join(pq_group_t *g, int32_t pid, int64_t now_mono, uint32_t *slot, uint64_t *member_id)
     int pq_group_leave(pq_group_t *g, uint64_t member_id)
     int pq_group_heartbeat(pq_group_t *g, uint32_t slot, uint64_t member_id, int64_t now_mono)

@@ -699,6 +699,14 @@ cdef class Notify:
 
 # ---- consumer groups ----
 
+def probe_group(str path):
+    """(mode, partitions, window) stored in a group file."""
+    cdef pq_group_config_t cfg
+    bpath = _os.fsencode(path)
+    _check(pq_group_probe(bpath, &cfg))
+    return (cfg.mode, cfg.partitions, cfg.window)
+
+
 GROUP_STREAM = PQ_GROUP_STREAM
 GROUP_QUEUE = PQ_GROUP_QUEUE
 GROUP_MAX_MEMBERS = PQ_GROUP_MAX_MEMBERS

@@ -10,7 +10,8 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pyqueue import _native
-from pyqueue._native import Group, Log, Message, Notify, Receipt, encode_headers, partition_for_key
+from pyqueue._native import (GROUP_QUEUE, Group, Log, Message, Notify, Receipt, encode_headers,
+                             partition_for_key, probe_group)
 from pyqueue.config import TopicConfig
 from pyqueue.errors import Closed, PartitionOutOfRange
 from pyqueue.record_batch import RecordBatch
@@ -167,13 +168,39 @@ class Topic:
         return sum(log.enforce_retention() for log in self._live_logs())
 
     def stats(self) -> dict[str, Any]:
+        """Per partition: offsets, messages, segments, bytes; per group: lag,
+        in flight, dead letters and the age of the oldest unacked message."""
         parts = {}
         for log in self._live_logs():
             start, end = log.bounds()
             segments, nbytes = log.disk_usage()
             parts[log.partition] = {"start": start, "end": end, "messages": end - start,
                                     "segments": segments, "bytes": nbytes, "synced": log.synced}
-        return {"partitions": parts, "config": self.config.__dict__.copy()}
+        groups = {name: self._group_stats(name) for name in self.groups()}
+        return {"partitions": parts, "groups": groups, "config": self.config.__dict__.copy()}
+
+    def _group_stats(self, name: str) -> dict[str, Any]:
+        mode, _parts, window = probe_group(os.path.join(self.path, "groups", name + ".group"))
+        g = self._group(name, mode, window)
+        now = time.time()
+        per_part, oldest = {}, None
+        for p in range(self.config.partitions):
+            info = g.partition_info(p)
+            start, end = self._logs[p].bounds()
+            committed = start if info["committed"] is None else max(info["committed"], start)
+            age = None
+            if committed < end:
+                age = max(0.0, now - self._logs[p].read(committed, 1)[0].timestamp)
+                oldest = age if oldest is None else max(oldest, age)
+            per_part[p] = {"committed": committed, "lag": end - committed, "in_flight": info["leased"],
+                           "delayed": info["delayed"], "dead_letters": info["dead_letters"],
+                           "oldest_unacked_age": age}
+        return {"mode": "queue" if mode == GROUP_QUEUE else "stream",
+                "members": len(g.members()),
+                "lag": sum(v["lag"] for v in per_part.values()),
+                "in_flight": sum(v["in_flight"] for v in per_part.values()),
+                "dead_letters": sum(v["dead_letters"] for v in per_part.values()),
+                "oldest_unacked_age": oldest, "partitions": per_part}
 
     def _live_logs(self) -> list[Log]:
         if not self._logs:
@@ -184,6 +211,13 @@ class Topic:
         for log in list(self._logs):
             if not log.closed:
                 log.sync()
+        with self._groups_lock:
+            groups = list(self._groups.values())
+        for g in groups:
+            try:
+                g.sync()
+            except Closed:
+                pass
 
     # -- consumer groups --
 

@@ -187,3 +187,21 @@ def test_bad_queue_arguments(broker):
         m.extend(0)
     with pytest.raises(TypeError):
         m.extend("5")
+
+
+def test_stats_show_groups(broker):
+    t = broker.topic("t", partitions=2)
+    for i in range(10):
+        t.send(b"%d" % i, partition=i % 2)
+    q = t.consumer("w", mode="queue")
+    msgs = q.poll_batch(3, timeout=1)
+    msgs[0].ack()
+    s = t.consumer("s")
+    for m in s.poll_batch(10, timeout=1):
+        m.ack()
+    s.commit()
+    groups = broker.stats()["topics"]["t"]["groups"]
+    assert groups["w"]["mode"] == "queue" and groups["w"]["in_flight"] == 2
+    assert groups["w"]["lag"] == 9 and groups["w"]["members"] == 1
+    assert groups["w"]["oldest_unacked_age"] >= 0
+    assert groups["s"]["lag"] == 0 and groups["s"]["oldest_unacked_age"] is None
