@@ -1,7 +1,7 @@
 """pyqueue: an embedded, durable, multi-process message queue, log and job
 scheduler.  A broker is a directory; open it with pyqueue.open(path)."""
 
-from pyqueue._native import Message, Receipt
+from pyqueue._native import Message, Receipt, TimerWheel
 from pyqueue.broker import Broker, open
 from pyqueue.config import TopicConfig
 from pyqueue.errors import (Closed, ConfigError, CorruptionError, InvalidName, LeaseLost,
@@ -13,7 +13,7 @@ from pyqueue.topic import BatchReceipt, Topic
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Broker", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
+    "open", "Broker", "TimerWheel", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
     "PyQueueError", "ConfigError", "InvalidName", "MessageTooLarge", "QueueFull", "CorruptionError",
     "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic", "LeaseLost", "Closed", "StorageError",
 ]

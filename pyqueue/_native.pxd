@@ -213,3 +213,23 @@ cdef class Group:
     cdef int _busy
     cdef object _notify
     cdef int _enter(self) except -1
+
+
+cdef extern from "wheel.h" nogil:
+    ctypedef struct pq_wheel_t:
+        pass
+    int pq_wheel_new(uint64_t start_tick, pq_wheel_t **out)
+    void pq_wheel_free(pq_wheel_t *w)
+    int pq_wheel_add(pq_wheel_t *w, uint64_t deadline, uint64_t *handle, uint32_t *index)
+    int pq_wheel_cancel(pq_wheel_t *w, uint64_t handle, uint32_t *index)
+    size_t pq_wheel_expire(pq_wheel_t *w, uint64_t now, uint32_t *out, size_t max)
+    size_t pq_wheel_count(const pq_wheel_t *w)
+    uint64_t pq_wheel_next_deadline(const pq_wheel_t *w)
+
+
+cdef class TimerWheel:
+    cdef pq_wheel_t *_w
+    cdef readonly double tick
+    cdef list _items
+    cdef object _clock
+    cdef uint64_t _to_tick(self, double t, bint up) except? 0

@@ -945,6 +945,103 @@ cdef class Group:
         _check(rc)
 
 
+# ---- timer wheel ----
+
+cdef class TimerWheel:
+    """A hierarchical timing wheel (native/wheel.c): O(1) add and cancel,
+    expiry in batches, millions of timers in 32 bytes each plus the items.
+
+    Times are seconds on `clock` (time.monotonic by default), rounded up to
+    whole ticks; an item is never returned before its time."""
+
+    def __cinit__(self):
+        self._w = NULL
+
+    def __init__(self, double tick=0.001, clock=None):
+        if not (tick >= 1e-6 and tick <= 3600.0):
+            raise ConfigError(f"tick={tick!r} must be between 1e-06 and 3600 seconds")
+        self.tick = tick
+        self._clock = _time.monotonic if clock is None else clock
+        self._items = []
+        cdef uint64_t start = self._to_tick(self._clock(), False)
+        if pq_wheel_new(start, &self._w) != 0:
+            raise MemoryError()
+
+    def __dealloc__(self):
+        if self._w != NULL:
+            pq_wheel_free(self._w)
+
+    cdef uint64_t _to_tick(self, double t, bint up) except? 0:
+        if t != t or t < 0:
+            raise ValueError(f"time {t!r} must be a non-negative number of seconds")
+        # A millionth of a tick of slack absorbs float noise (0.016 / 0.001
+        # is 15.999999999999998): times are rounded to the nearest such tick.
+        cdef double ticks = t / self.tick
+        if ticks > 1.8e19:
+            raise OverflowError(f"time {t!r} is beyond the wheel's range")
+        cdef uint64_t whole
+        if up:
+            whole = <uint64_t>(ticks - 1e-6)
+            if <double>whole < ticks - 1e-6:
+                whole += 1
+        else:
+            whole = <uint64_t>(ticks + 1e-6)
+        return whole
+
+    def add(self, double delay, item=None):
+        """Schedule `item` for `delay` seconds from now; returns a handle."""
+        if delay != delay or delay < 0:
+            raise ValueError(f"delay={delay!r} must be a non-negative number of seconds")
+        return self.add_at(self._clock() + delay, item)
+
+    def add_at(self, double when, item=None):
+        """Schedule `item` for absolute time `when` (on the wheel's clock)."""
+        cdef uint64_t handle
+        cdef uint32_t index
+        cdef int rc = pq_wheel_add(self._w, self._to_tick(when, True), &handle, &index)
+        if rc == -12:
+            raise MemoryError()
+        if rc != 0:
+            raise PyQueueError("the timer wheel holds 2^31 timers: no room for more")
+        if index < len(self._items):
+            self._items[index] = item
+        else:
+            self._items.append(item)
+        return handle
+
+    def cancel(self, uint64_t handle):
+        """Cancel a pending timer; False if it already expired or was cancelled."""
+        cdef uint32_t index
+        if pq_wheel_cancel(self._w, handle, &index):
+            self._items[index] = None
+            return True
+        return False
+
+    def expire(self, now=None):
+        """Items whose time has come (earliest first by bucket)."""
+        cdef uint32_t buf[1024]
+        cdef size_t n, k
+        cdef uint64_t t = self._to_tick(self._clock() if now is None else now, False)
+        out = []
+        items = self._items
+        while True:
+            n = pq_wheel_expire(self._w, t, buf, 1024)
+            for k in range(n):
+                out.append(items[buf[k]])
+                items[buf[k]] = None
+            if n < 1024:
+                return out
+
+    def next_deadline(self):
+        """Earliest time (clock seconds) at which expire() may return something,
+        or None if the wheel is empty.  A lower bound for far timers."""
+        cdef uint64_t t = pq_wheel_next_deadline(self._w)
+        return None if t == UINT64_MAX else t * self.tick
+
+    def __len__(self):
+        return pq_wheel_count(self._w)
+
+
 # ---- small helpers ----
 
 def crc32c(data, uint32_t crc=0, str impl="auto"):
