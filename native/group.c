@@ -595,8 +595,7 @@ int pq_group_commit(pq_group_t *g, uint32_t p, uint64_t member_id, uint64_t offs
     if (release)
         part->owner = 0;
     unlock_part(part);
-    if (release)
-        wake(g);
+    wake(g);      /* a freed partition for standbys, depth for blocked producers */
     return 0;
 }
 
@@ -796,7 +795,7 @@ int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
     entry_t *e = find_delivery(g, part, p, offset, lease_id, &rc);
     int freed = 0;
     if (e) {
-        int was_full = part->next - part->committed >= g->window;
+        uint64_t before = part->committed;
         leave_state(part, e);
         e->state = E_DONE;
         part->n_done++;
@@ -808,7 +807,9 @@ int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
             part->n_done--;
             part->committed++;
         }
-        freed = was_full && part->next - part->committed < g->window;
+        /* the position moved: room in a full window, or depth for a producer
+         * blocked on max_depth (wake costs one load when nobody sleeps) */
+        freed = part->committed != before;
     }
     unlock_part(part);
     if (freed)

@@ -230,13 +230,13 @@ static void evict_mappings(pq_log_t *log)
 static int slot_segment(pq_log_t *log, size_t i, pq_segment_t **out)
 {
     seg_slot_t *s = &log->slots[i];
+    s->last_use = ++log->use_clock;   /* the most recent: never the victim below */
     if (!s->seg) {
         int rc = pq_segment_open(log->dir, s->base, log->cfg.segment_bytes, &s->seg);
         if (rc)
             return rc;
         evict_mappings(log);
     }
-    s->last_use = ++log->use_clock;
     pq_segment_incref(s->seg);
     *out = s->seg;
     return 0;
@@ -342,6 +342,15 @@ static int tail_from_end(pq_log_t *log, uint64_t next)
         pthread_mutex_unlock(&log->local);
         return rc;
     }
+    /* A segment above the end is left by a roll cut short (a segment is
+     * created before the end is published past its base), so it is empty;
+     * left in place it would shadow the records of the next roll, which may
+     * come at another offset.  No reader maps it: reads stay below the end. */
+    while (log->nslots > 1 && log->slots[log->nslots - 1].base > next) {
+        unlink_segment(log, log->slots[log->nslots - 1].base);
+        pq_segment_decref(log->slots[log->nslots - 1].seg);
+        log->nslots--;
+    }
     long i = find_slot(log, next);
     pq_segment_t *seg = NULL;
     while (i >= 0) {
@@ -429,6 +438,11 @@ void pq_log_set_notify(pq_log_t *log, pq_notify_t *notify)
 
 static void publish(pq_log_t *log, uint64_t pos, uint64_t next)
 {
+    /* Zero the word after the last frame: frames left past the end by a dead
+     * writer or a failed roll can then never be taken for records by a
+     * recovery scan, which stops at the zero length. */
+    if (pos + 8 <= log->tail->size - PQ_INDEX_ENTRY_SIZE * (next - log->tail->base))
+        memset(log->tail->map + pos, 0, 8);
     log->st->tail_pos = pos;
     __atomic_store_n(&log->st->next_offset, next, __ATOMIC_SEQ_CST);
 }
@@ -847,6 +861,10 @@ int pq_log_read_many(pq_log_t *log, uint64_t offset, pq_record_t *recs, size_t m
     size_t n = seg_end - offset < max ? (size_t)(seg_end - offset) : max;
     for (size_t k = 0; k < n; k++) {
         rc = pq_segment_read(*seg, offset + k, &recs[k]);
+        if (rc && k > 0) {
+            pq_error_clear();
+            return (int)k;   /* the intact records first; the next read reports the damage */
+        }
         if (rc) {
             pq_segment_decref(*seg);
             *seg = NULL;

@@ -62,7 +62,9 @@ int pq_log_append(pq_log_t *log, pq_record_t *recs, size_t n, uint64_t *first_of
 /* Read up to `max` records starting at `offset` from one segment (a read stops
  * at a segment boundary and at the published end).  Returns the count (0 at
  * the end), -PQ_ERANGE if offset is below the log start or above the end, or
- * -PQ_ECORRUPT.  With a count > 0, *seg holds a reference that the caller
+ * -PQ_ECORRUPT if record `offset` itself is damaged (a damaged record after
+ * it ends the count there: the intact ones come first).  With a count > 0,
+ * *seg holds a reference that the caller
  * releases with pq_segment_decref(); the records point into it. */
 int pq_log_read_many(pq_log_t *log, uint64_t offset, pq_record_t *recs, size_t max,
                      pq_segment_t **seg);

@@ -301,6 +301,7 @@ uint64_t pq_segment_scan(pq_segment_t *seg, uint64_t pos, uint64_t offset,
                          uint64_t *end_pos, uint64_t *next_offset)
 {
     uint64_t n = 0;
+    int64_t last_ts = INT64_MIN;
     pq_record_t rec;
     for (;;) {
         uint64_t i = offset - seg->base;
@@ -309,6 +310,11 @@ uint64_t pq_segment_scan(pq_segment_t *seg, uint64_t pos, uint64_t offset,
         uint64_t limit = pq_segment_data_limit(seg, i);
         if (pos >= limit || pq_segment_parse(seg, pos, offset, limit, &rec) != 0)
             break;
+        /* Timestamps never decrease within a partition (FORMAT.md): an older
+         * frame here is a leftover from before an earlier cut, not a record. */
+        if (rec.timestamp < last_ts)
+            break;
+        last_ts = rec.timestamp;
         pq_segment_index_set(seg, i, (uint32_t)pos);
         pos += pq_frame_size(rec.key_len, rec.headers_len, rec.value_len);
         offset++;

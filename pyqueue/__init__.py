@@ -4,6 +4,7 @@ scheduler.  A broker is a directory; open it with pyqueue.open(path)."""
 from pyqueue._native import Message, Receipt, TimerWheel
 from pyqueue.broker import Broker, open
 from pyqueue.config import TopicConfig
+from pyqueue.policy import Backoff
 from pyqueue.errors import (Closed, ConfigError, CorruptionError, InvalidName, LeaseLost,
                             MessageTooLarge, OffsetOutOfRange, PartitionOutOfRange, PyQueueError,
                             QueueFull, StorageError, UnknownTopic)
@@ -13,7 +14,7 @@ from pyqueue.topic import BatchReceipt, Topic
 __version__ = "0.1.0"
 
 __all__ = [
-    "open", "Broker", "TimerWheel", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
+    "open", "Broker", "TimerWheel", "Backoff", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
     "PyQueueError", "ConfigError", "InvalidName", "MessageTooLarge", "QueueFull", "CorruptionError",
     "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic", "LeaseLost", "Closed", "StorageError",
 ]

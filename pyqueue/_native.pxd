@@ -233,3 +233,22 @@ cdef class TimerWheel:
     cdef list _items
     cdef object _clock
     cdef uint64_t _to_tick(self, double t, bint up) except? 0
+
+
+cdef extern from "dedup.h" nogil:
+    ctypedef struct pq_dedup_t:
+        pass
+    int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out)
+    void pq_dedup_close(pq_dedup_t *d)
+    int pq_dedup_begin(pq_dedup_t *d, const unsigned char *key, int64_t now_ns, uint32_t *partition,
+                       uint64_t *offset, uint32_t *slot)
+    void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const unsigned char *key, uint32_t partition,
+                         uint64_t offset, int64_t expires_ns)
+    void pq_dedup_unlock(pq_dedup_t *d)
+    uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns)
+    int pq_dedup_sync(pq_dedup_t *d)
+
+
+cdef class Dedup:
+    cdef pq_dedup_t *_d
+    cdef readonly str path

@@ -945,6 +945,73 @@ cdef class Group:
         _check(rc)
 
 
+# ---- dedup ----
+
+cdef class Dedup:
+    """A topic's shared table of recent dedup ids (native/dedup.h)."""
+
+    def __cinit__(self):
+        self._d = NULL
+
+    def __init__(self, str path, uint32_t capacity):
+        bpath = _os.fsencode(path)
+        cdef const char *cpath = bpath
+        cdef int rc
+        pq_error_clear()
+        with nogil:
+            rc = pq_dedup_open(cpath, capacity, &self._d)
+        _check(rc)
+        self.path = path
+
+    def __dealloc__(self):
+        if self._d != NULL:
+            pq_dedup_close(self._d)
+
+    def close(self):
+        if self._d != NULL:
+            pq_dedup_close(self._d)
+            self._d = NULL
+
+    def send(self, bytes key16, Log log, value, key, bytes headers, int64_t deliver_at,
+             double window):
+        """Append unless key16 was sent within the window: returns
+        (Receipt, True if this send was a duplicate and wrote nothing)."""
+        cdef uint32_t partition = 0, slot = 0
+        cdef uint64_t offset = 0
+        cdef int64_t now = pq_now_ns()
+        cdef const unsigned char *k = <const unsigned char *>PyBytes_AS_STRING(key16)
+        cdef int rc
+        cdef Receipt r
+        if self._d == NULL:
+            raise Closed("dedup table is closed")
+        if len(key16) != 16:
+            raise ValueError("dedup key must be 16 bytes")
+        pq_error_clear()
+        with nogil:
+            rc = pq_dedup_begin(self._d, k, now, &partition, &offset, &slot)
+        _check(rc)
+        if rc == 1:
+            r = Receipt.__new__(Receipt)
+            r.topic = log.topic
+            r.partition = partition
+            r.offset = offset
+            return (r, True)
+        try:
+            receipt = log.append(value, key, headers, deliver_at)
+        except BaseException:
+            pq_dedup_unlock(self._d)
+            raise
+        pq_dedup_insert(self._d, slot, k, log.partition, receipt.offset, now + <int64_t>(window * 1e9))
+        return (receipt, False)
+
+    def count(self):
+        return pq_dedup_count(self._d, pq_now_ns())
+
+    def sync(self):
+        if self._d != NULL:
+            _check(pq_dedup_sync(self._d))
+
+
 # ---- timer wheel ----
 
 cdef class TimerWheel:

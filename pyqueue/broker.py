@@ -95,6 +95,7 @@ class Broker:
     def topic(self, name: str, *, partitions: Optional[int] = None, segment_bytes: Optional[int] = None,
               retention_bytes: Optional[int] = None, retention_seconds: Optional[float] = None,
               max_message_bytes: Optional[int] = None, max_depth: Optional[int] = None,
+              dedup_window: Optional[float] = None, dedup_capacity: Optional[int] = None,
               create: bool = True) -> Topic:
         """Create the topic, or open it with its stored configuration.
 
@@ -102,7 +103,8 @@ class Broker:
         validate_name(name)
         requested = {"partitions": partitions, "segment_bytes": segment_bytes,
                      "retention_bytes": retention_bytes, "retention_seconds": retention_seconds,
-                     "max_message_bytes": max_message_bytes, "max_depth": max_depth}
+                     "max_message_bytes": max_message_bytes, "max_depth": max_depth,
+                     "dedup_window": dedup_window, "dedup_capacity": dedup_capacity}
         with self._lock:
             self._check_open()
             topic = self._topics.get(name)
@@ -117,8 +119,12 @@ class Broker:
                 config = TopicConfig.for_create(requested)
                 os.makedirs(tdir, mode=0o700, exist_ok=True)
                 _write_once(cfg_path, config.to_json(name) + "\n")   # first creator wins
-            with _open_text(cfg_path) as f:
-                stored = TopicConfig.from_json(f.read(), cfg_path)
+            try:
+                with _open_text(cfg_path) as f:
+                    text = f.read()
+            except UnicodeDecodeError as e:
+                raise CorruptionError(f"{cfg_path}: unreadable topic configuration ({e})") from e
+            stored = TopicConfig.from_json(text, cfg_path)
             config = stored.merged(name, requested)
             topic = Topic(self, name, tdir, config)
             self._topics[name] = topic

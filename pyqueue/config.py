@@ -47,6 +47,8 @@ class TopicConfig:
     retention_seconds: Optional[float] = None
     max_message_bytes: int = 1 * MiB
     max_depth: Optional[int] = None
+    dedup_window: float = 300.0
+    dedup_capacity: int = 1 << 17
 
     def __post_init__(self) -> None:
         _int_in("partitions", self.partitions, 1, MAX_PARTITIONS)
@@ -62,6 +64,10 @@ class TopicConfig:
                 raise ConfigError(f"retention_seconds={self.retention_seconds!r} must be a positive number")
         if self.max_depth is not None:
             _int_in("max_depth", self.max_depth, 1, 1 << 62)
+        if (not isinstance(self.dedup_window, (int, float)) or isinstance(self.dedup_window, bool)
+                or not math.isfinite(self.dedup_window) or not 0 < self.dedup_window <= 30 * 86400):
+            raise ConfigError(f"dedup_window={self.dedup_window!r} must be between 0 and 30 days (seconds)")
+        _int_in("dedup_capacity", self.dedup_capacity, 16, 1 << 26)
 
     @classmethod
     def for_create(cls, options: dict[str, Any]) -> "TopicConfig":

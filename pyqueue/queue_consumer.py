@@ -13,11 +13,13 @@ one key's messages one at a time, in order (SQS FIFO message groups).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyqueue._native import GROUP_MAX_WINDOW, GROUP_QUEUE, Message
+from pyqueue.config import validate_name
 from pyqueue.consumer import Consumer, positive
-from pyqueue.errors import ConfigError, OffsetOutOfRange
+from pyqueue.errors import ConfigError, LeaseLost, OffsetOutOfRange
+from pyqueue.policy import Backoff
 
 if TYPE_CHECKING:
     from pyqueue.topic import Topic
@@ -26,14 +28,31 @@ if TYPE_CHECKING:
 class QueueConsumer(Consumer):
     """SQS-style member.  Options: visibility_timeout (s), max_in_flight (per
     partition, fixed when the group is created), ordered, start, auto_ack,
-    session_timeout."""
+    session_timeout, and the retry policy: max_deliveries (None: unlimited),
+    backoff (a Backoff; None: failed messages come back at once) and
+    dead_letter (a topic name; past max_deliveries a message goes there with
+    x-original-* headers and is acked here; None: it is dropped with a count)."""
 
     mode = "queue"
     _group_mode = GROUP_QUEUE
 
     def __init__(self, topic: "Topic", group: str, *, visibility_timeout: float = 30.0,
                  max_in_flight: int = 1024, ordered: bool = False, start: str = "earliest",
-                 auto_ack: bool = False, session_timeout: float = 10.0) -> None:
+                 auto_ack: bool = False, session_timeout: float = 10.0,
+                 max_deliveries: Optional[int] = None, backoff: Optional[Backoff] = None,
+                 dead_letter: Optional[str] = None) -> None:
+        if max_deliveries is not None and (type(max_deliveries) is not int or not 1 <= max_deliveries <= 1_000_000):
+            raise ConfigError(f"max_deliveries={max_deliveries!r} must be an int in 1..1000000 or None")
+        if backoff is not None and not isinstance(backoff, Backoff):
+            raise TypeError("backoff must be a pyqueue.Backoff")
+        if dead_letter is not None:
+            validate_name(dead_letter)
+            if dead_letter == topic.name:
+                raise ConfigError("dead_letter must be another topic than the one consumed")
+        self.max_deliveries = max_deliveries
+        self.backoff = backoff
+        self.dead_letter = dead_letter
+        self._runner: Any = None
         self.visibility_timeout = positive("visibility_timeout", visibility_timeout, maximum=43200)
         if type(max_in_flight) is not int:
             raise TypeError("max_in_flight must be int")
@@ -61,6 +80,8 @@ class QueueConsumer(Consumer):
             p = (first + i) % parts
             msgs, p_due = self._state.lease(p, logs[p], self.slot, self.visibility_timeout,
                                             self.ordered, n - len(out), self)
+            if self.max_deliveries is not None:
+                msgs = self._screen(msgs)
             out.extend(msgs)
             if p_due is not None and (due is None or p_due < due):
                 due = p_due
@@ -72,8 +93,65 @@ class QueueConsumer(Consumer):
         self._state.ack(m.partition, m.offset, m._lease_id)
 
     def _nack(self, m: Message, delay: Optional[float]) -> None:
-        d = 0.0 if delay is None else positive("delay", delay, allow_zero=True)
+        """Return m to the queue after `delay`, or the backoff's delay for its
+        delivery count when delay is None."""
+        if delay is None:
+            d = self.backoff.delay(m.delivery_count) if self.backoff else 0.0
+        else:
+            d = positive("delay", delay, allow_zero=True)
         self._state.nack(m.partition, m.offset, m._lease_id, d)
+
+    # -- retries and dead letters --
+
+    def _screen(self, msgs: list[Message]) -> list[Message]:
+        """Dead-letter messages delivered more than max_deliveries times
+        without an ack (their handlers crashed or their leases expired)."""
+        keep = []
+        for m in msgs:
+            if m.delivery_count > self.max_deliveries:
+                self._dead_letter(m, f"LeaseExpired: delivered {m.delivery_count - 1} times "
+                                     f"without an ack")
+            else:
+                keep.append(m)
+        return keep
+
+    def _fail(self, m: Message, error: BaseException) -> None:
+        """A handler failed on m: retry with backoff, or dead-letter it."""
+        if self.max_deliveries is not None and m.delivery_count >= self.max_deliveries:
+            self._dead_letter(m, f"{type(error).__name__}: {error}")
+        else:
+            self._nack(m, None)
+
+    def _dead_letter(self, m: Message, error: str) -> None:
+        if self.dead_letter is not None:
+            headers = dict(m.headers)
+            headers.update({
+                "x-original-topic": m.topic.encode(),
+                "x-original-partition": str(m.partition).encode(),
+                "x-original-offset": str(m.offset).encode(),
+                "x-delivery-count": str(m.delivery_count).encode(),
+                "x-error": error.encode("utf-8", "replace")[:4096],
+            })
+            self.topic._broker.topic(self.dead_letter).send(m.value, key=m.key, headers=headers)
+        try:
+            self._ack(m)
+        except LeaseLost:
+            return              # another member finished it meanwhile
+        self._state.count_dead_letter(m.partition)
+
+    def run(self, handler: Callable[[Message], Any], concurrency: int = 1, *,
+            install_signal_handlers: bool = True) -> int:
+        """Process messages until close(), stop() or SIGTERM/SIGINT: handler
+        returns -> ack; raises -> retry with backoff, or dead letter past
+        max_deliveries.  Returns how many messages were handled."""
+        from pyqueue.runner import run
+        self._check_open()
+        return run(self, handler, concurrency, install_signal_handlers)
+
+    def stop(self) -> None:
+        """Ask a running run() loop to finish (from a handler or another thread)."""
+        if self._runner is not None:
+            self._runner.stop()
 
     def _extend(self, m: Message, seconds: float) -> None:
         self._state.extend(m.partition, m.offset, m._lease_id,

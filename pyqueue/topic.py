@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import math
 import os
@@ -10,17 +11,23 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pyqueue import _native
-from pyqueue._native import (GROUP_QUEUE, Group, Log, Message, Notify, Receipt, encode_headers,
+from pyqueue._native import (GROUP_QUEUE, Dedup, Group, Log, Message, Notify, Receipt, encode_headers,
                              partition_for_key, probe_group)
-from pyqueue.config import TopicConfig
-from pyqueue.errors import Closed, PartitionOutOfRange
+from pyqueue.backpressure import Backpressure
+from pyqueue.config import TopicConfig, validate_name
+from pyqueue.errors import Closed, ConfigError, PartitionOutOfRange, UnknownTopic as UnknownGroup
 from pyqueue.record_batch import RecordBatch
 
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
     from pyqueue.consumer import Consumer
 
-__all__ = ["Topic", "BatchReceipt"]
+__all__ = ["Topic", "BatchReceipt", "DEAD_LETTER_HEADERS"]
+
+MAX_DELAY = 365 * 86400.0
+MAX_DEDUP_ID = 1024
+DEAD_LETTER_HEADERS = frozenset({"x-original-topic", "x-original-partition", "x-original-offset",
+                                 "x-delivery-count", "x-error"})
 
 
 class BatchReceipt(NamedTuple):
@@ -44,6 +51,9 @@ class Topic:
         self._logs: list[Log] = []
         self._groups: dict[str, Group] = {}
         self._groups_lock = threading.Lock()
+        self._dedup: Optional[Dedup] = None
+        self._max_depth = config.max_depth
+        self._backpressure = Backpressure(self)
         self.notify = Notify(os.path.join(path, "notify"))
         try:
             for p in range(config.partitions):
@@ -88,10 +98,19 @@ class Topic:
             raise Closed(f"topic {self.name!r} is closed") from None
 
     def send(self, value: bytes, key: Optional[bytes] = None, *,
-             headers: Optional[dict[str, bytes]] = None, partition: Optional[int] = None) -> Receipt:
+             headers: Optional[dict[str, bytes]] = None, partition: Optional[int] = None,
+             delay: Optional[float] = None, dedup_id: "str | bytes | None" = None,
+             timeout: Optional[float] = None) -> Receipt:
         """Append one message; returns Receipt(topic, partition, offset).
 
+        delay: seconds during which queue-mode consumers do not see it (stream
+        mode delivers in order and ignores it).  dedup_id: a second send with
+        the same id within the topic's dedup_window writes nothing and returns
+        the first send's receipt.  timeout: with max_depth set, how long to
+        wait for room before QueueFull (None: wait as long as it takes).
         With fsync="always" it returns once the message is on disk."""
+        if delay is not None or dedup_id is not None or self._max_depth:
+            return self._send_slow(value, key, headers, partition, delay, dedup_id, timeout)
         if partition is None:
             n = self.config.partitions
             partition = next(self._rr) % n if key is None else partition_for_key(key, n)
@@ -102,6 +121,65 @@ class Topic:
         if self._always:
             log.sync(receipt.offset + 1)
         return receipt
+
+    def _send_slow(self, value: Any, key: Optional[bytes], headers: Optional[dict[str, bytes]],
+                   partition: Optional[int], delay: Optional[float],
+                   dedup_id: "str | bytes | None" = None, timeout: Optional[float] = None) -> Receipt:
+        deliver_at = 0
+        if delay is not None:
+            if not isinstance(delay, (int, float)) or isinstance(delay, bool):
+                raise TypeError(f"delay must be a number of seconds, not {type(delay).__name__}")
+            if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY:
+                raise ConfigError(f"delay={delay!r} must be between 0 and {MAX_DELAY:.0f} seconds")
+            deliver_at = time.time_ns() + int(delay * 1e9)
+        log = self._log(self.partition_for(key) if partition is None else partition)
+        blob = encode_headers(headers) if headers else None
+        if self._max_depth:
+            self._backpressure.wait_for_room(timeout)
+        if dedup_id is None:
+            receipt = log.append(value, key, blob, deliver_at)
+        else:
+            receipt, duplicate = self._dedup_table().send(
+                _dedup_key(dedup_id), log, value, key, blob, deliver_at, self.config.dedup_window)
+            if duplicate:
+                return receipt
+        if self._always:
+            log.sync(receipt.offset + 1)
+        return receipt
+
+    def _dedup_table(self) -> Dedup:
+        with self._groups_lock:
+            if self._dedup is None:
+                if not self._logs:
+                    raise Closed(f"topic {self.name!r} is closed")
+                self._dedup = Dedup(os.path.join(self.path, "dedup"), self.config.dedup_capacity)
+            return self._dedup
+
+    def redrive(self, to: str, *, limit: Optional[int] = None) -> int:
+        """Move messages of this (dead-letter) topic to topic `to`, with their
+        key, value and original headers (x-original-*, x-delivery-count and
+        x-error removed).  A topic's messages are moved once: the position is
+        kept by the consumer group "redrive".  Returns how many were moved."""
+        target = self._broker.topic(to, create=False)
+        if target is self:
+            raise ConfigError("redrive needs another topic than the dead-letter topic itself")
+        moved = 0
+        consumer = self.consumer("redrive", mode="stream", auto_commit_interval=0)
+        try:
+            while limit is None or moved < limit:
+                want = 1000 if limit is None else min(1000, limit - moved)
+                msgs = consumer.poll_batch(want, timeout=0)
+                if not msgs:
+                    break
+                for m in msgs:
+                    headers = {k: v for k, v in m.headers.items() if k not in DEAD_LETTER_HEADERS}
+                    target.send(m.value, key=m.key, headers=headers)
+                    m.ack()
+                moved += len(msgs)
+                consumer.commit()
+        finally:
+            consumer.close()
+        return moved
 
     def send_batch(self, values: Iterable[Any], key: Optional[bytes] = None, *,
                    headers: Optional[dict[str, bytes]] = None,
@@ -218,6 +296,8 @@ class Topic:
                 g.sync()
             except Closed:
                 pass
+        if self._dedup is not None:
+            self._dedup.sync()
 
     # -- consumer groups --
 
@@ -249,6 +329,19 @@ class Topic:
                 self._groups[name] = g
             return g
 
+    def delete_group(self, name: str) -> None:
+        """Forget a consumer group's positions and in-flight state on this topic."""
+        validate_name(name, "group")
+        path = os.path.join(self.path, "groups", name + ".group")
+        with self._groups_lock:
+            g = self._groups.pop(name, None)
+            if g is not None:
+                g.close()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                raise UnknownGroup(f"no group {name!r} on topic {self.name!r}") from None
+
     def groups(self) -> list[str]:
         """Names of the consumer groups that have state on this topic."""
         gdir = os.path.join(self.path, "groups")
@@ -262,9 +355,21 @@ class Topic:
             groups, self._groups = list(self._groups.values()), {}
         for g in groups:
             g.close()
+        if self._dedup is not None:
+            self._dedup.close()
         for log in logs:
             log.close()
         self.notify.close()
+
+
+def _dedup_key(dedup_id: "str | bytes") -> bytes:
+    if isinstance(dedup_id, str):
+        dedup_id = dedup_id.encode("utf-8")
+    if not isinstance(dedup_id, bytes):
+        raise TypeError(f"dedup_id must be str or bytes, not {type(dedup_id).__name__}")
+    if not 1 <= len(dedup_id) <= MAX_DEDUP_ID:
+        raise ConfigError(f"dedup_id of {len(dedup_id)} bytes must be 1..{MAX_DEDUP_ID} bytes")
+    return hashlib.blake2b(dedup_id, digest_size=16).digest()
 
 
 def _first_ns_at_or_after(ts: float) -> int:

@@ -1,0 +1,189 @@
+/* dedup.c - the shared table of recent message ids (see dedup.h). */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE
+#endif
+#include "dedup.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pq_error.h"
+#include "shmfile.h"
+
+#define HEADER_BYTES 128
+static const char DEDUP_MAGIC[8] = {'P', 'Y', 'Q', 'D', 'E', 'D', 'U', 'P'};
+
+typedef struct dhdr {
+    char magic[8];
+    uint32_t version;
+    uint32_t capacity;
+    char reserved[48];
+    union { pthread_mutex_t m; char pad[64]; } lock;   /* at 64 */
+} dhdr_t;
+
+typedef struct dentry {
+    uint64_t k1, k2;          /* the key; both 0 = never used */
+    int64_t expires_ns;
+    uint64_t offset;
+    uint32_t partition;
+    uint32_t reserved;
+} dentry_t;
+
+_Static_assert(sizeof(dhdr_t) == HEADER_BYTES, "dedup header is 128 bytes");
+_Static_assert(sizeof(dentry_t) == 40, "dedup entry is 40 bytes");
+
+struct pq_dedup {
+    pq_shmfile_t file;
+    dhdr_t *h;
+    dentry_t *entries;
+    uint32_t capacity;
+    char *path;
+};
+
+int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out)
+{
+    if (capacity < 16 || capacity > PQ_DEDUP_MAX_CAPACITY)
+        return pq_error_set(-PQ_ECONFIG, "dedup capacity %u is outside 16..%u", capacity,
+                            PQ_DEDUP_MAX_CAPACITY);
+    pq_dedup_t *d = calloc(1, sizeof *d);
+    if (!d || !(d->path = strdup(path))) {
+        free(d);
+        return pq_error_set(-ENOMEM, "out of memory opening %s", path);
+    }
+    size_t size = HEADER_BYTES + (size_t)capacity * sizeof(dentry_t);
+    int rc = pq_shmfile_open(path, size, &d->file);
+    if (rc) {
+        free(d->path);
+        free(d);
+        return rc;
+    }
+    d->h = d->file.map;
+    d->entries = (dentry_t *)((char *)d->file.map + HEADER_BYTES);
+    d->capacity = capacity;
+    if (d->file.sole) {
+        if (d->file.created) {
+            memcpy(d->h->magic, DEDUP_MAGIC, 8);
+            d->h->version = 1;
+            d->h->capacity = capacity;
+        }
+        if (memcmp(d->h->magic, DEDUP_MAGIC, 8) != 0 || d->h->capacity != capacity) {
+            rc = pq_error_set(-PQ_ECORRUPT, "dedup table %s: bad header at byte 0", path);
+        } else {
+            rc = pq_shared_mutex_init(&d->h->lock.m);
+        }
+    } else if (memcmp(d->h->magic, DEDUP_MAGIC, 8) != 0 || d->h->capacity != capacity) {
+        rc = pq_error_set(-PQ_ECORRUPT, "dedup table %s: bad header at byte 0", path);
+    }
+    pq_shmfile_share(&d->file);
+    if (rc) {
+        pq_dedup_close(d);
+        return rc;
+    }
+    *out = d;
+    return 0;
+}
+
+void pq_dedup_close(pq_dedup_t *d)
+{
+    if (!d)
+        return;
+    pq_shmfile_close(&d->file);
+    free(d->path);
+    free(d);
+}
+
+static int lock(pq_dedup_t *d)
+{
+    int rc = pthread_mutex_lock(&d->h->lock.m);
+    if (rc == EOWNERDEAD) {
+        /* An entry is only written after its message was appended; a holder
+         * that died mid-write leaves at worst one key that no longer dedups. */
+        pthread_mutex_consistent(&d->h->lock.m);
+        rc = 0;
+    }
+    if (rc)
+        return pq_error_set(-rc, "dedup table %s: lock unusable: %s", d->path, strerror(rc));
+    return 0;
+}
+
+int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
+                   uint64_t *offset, uint32_t *slot)
+{
+    uint64_t k1, k2;
+    memcpy(&k1, key, 8);
+    memcpy(&k2, key + 8, 8);
+    if (k1 == 0 && k2 == 0)
+        k2 = 1;                            /* all-zero marks an unused slot */
+    int rc = lock(d);
+    if (rc)
+        return rc;
+    uint32_t candidate = UINT32_MAX;
+    for (uint32_t i = 0; i < PQ_DEDUP_PROBES && i < d->capacity; i++) {
+        uint32_t s = (uint32_t)((k1 + i) % d->capacity);
+        dentry_t *e = &d->entries[s];
+        if (e->k1 == 0 && e->k2 == 0) {    /* never used: the chain ends here */
+            if (candidate == UINT32_MAX)
+                candidate = s;
+            break;
+        }
+        if (e->expires_ns <= now_ns) {
+            if (candidate == UINT32_MAX)
+                candidate = s;
+            continue;
+        }
+        if (e->k1 == k1 && e->k2 == k2) {
+            *partition = e->partition;
+            *offset = e->offset;
+            pthread_mutex_unlock(&d->h->lock.m);
+            return 1;
+        }
+    }
+    if (candidate == UINT32_MAX) {
+        pthread_mutex_unlock(&d->h->lock.m);
+        return pq_error_set(-PQ_EFULL, "dedup table %s is full for this window: %d entries in a row "
+                            "are live; create the topic with a larger dedup_capacity", d->path,
+                            PQ_DEDUP_PROBES);
+    }
+    *slot = candidate;
+    return 0;
+}
+
+void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
+                     uint64_t offset, int64_t expires_ns)
+{
+    uint64_t k1, k2;
+    memcpy(&k1, key, 8);
+    memcpy(&k2, key + 8, 8);
+    if (k1 == 0 && k2 == 0)
+        k2 = 1;
+    dentry_t *e = &d->entries[slot];
+    e->expires_ns = expires_ns;
+    e->offset = offset;
+    e->partition = partition;
+    e->k1 = k1;
+    e->k2 = k2;
+    pthread_mutex_unlock(&d->h->lock.m);
+}
+
+void pq_dedup_unlock(pq_dedup_t *d)
+{
+    pthread_mutex_unlock(&d->h->lock.m);
+}
+
+uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns)
+{
+    uint64_t n = 0;
+    for (uint32_t s = 0; s < d->capacity; s++) {
+        const dentry_t *e = &d->entries[s];
+        if ((e->k1 || e->k2) && e->expires_ns > now_ns)
+            n++;
+    }
+    return n;
+}
+
+int pq_dedup_sync(pq_dedup_t *d)
+{
+    return pq_shmfile_sync(&d->file);
+}

@@ -1,0 +1,45 @@
+/* dedup.h - a topic's table of recent message ids, shared and durable.
+ *
+ * An open-addressing hash table in a mapped file: 16-byte keys (a hash of the
+ * producer's dedup id), each with the partition and offset of the first send
+ * and an expiry time.  Expired entries are reused; a lookup walks its probe
+ * chain up to PQ_DEDUP_PROBES slots.  Layout: docs/FORMAT.md, "Dedup table".
+ *
+ * Check-and-append is atomic across processes: pq_dedup_begin() returns with
+ * the table lock held when the key is new, the caller appends the message and
+ * then records it with pq_dedup_insert() (or gives up with pq_dedup_unlock()).
+ * Lock order: the dedup lock before a partition's append lock, never after.
+ */
+#ifndef PQ_DEDUP_H
+#define PQ_DEDUP_H
+
+#include <stdint.h>
+
+#define PQ_DEDUP_PROBES       256
+#define PQ_DEDUP_MAX_CAPACITY (1u << 26)
+
+typedef struct pq_dedup pq_dedup_t;
+
+int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out);
+void pq_dedup_close(pq_dedup_t *d);
+
+/* 1: the key was sent within its window; *partition and *offset name that
+ * send and no lock is held.  0: new key; the lock is held and *slot is where
+ * pq_dedup_insert() will record it.  -PQ_EFULL: no free or expired slot on the
+ * key's probe chain (the table is too small for the window); no lock held. */
+int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
+                   uint64_t *offset, uint32_t *slot);
+
+/* Record the key at `slot` and release the lock. */
+void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
+                     uint64_t offset, int64_t expires_ns);
+
+/* Release the lock without recording anything (the append failed). */
+void pq_dedup_unlock(pq_dedup_t *d);
+
+/* Unexpired entries at now_ns (a scan: for stats). */
+uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns);
+
+int pq_dedup_sync(pq_dedup_t *d);
+
+#endif

@@ -1,0 +1,43 @@
+"""Retry policy: how long a failed message waits before its next delivery."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import random
+
+from pyqueue.errors import ConfigError
+
+__all__ = ["Backoff"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff: the n-th retry waits initial * multiplier**(n-1),
+    capped at maximum, then spread by +/- jitter (a fraction) so that many
+    failed messages do not all come back at the same instant."""
+
+    initial: float = 1.0
+    maximum: float = 300.0
+    multiplier: float = 2.0
+    jitter: float = 0.1
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "maximum", "multiplier", "jitter"):
+            v = getattr(self, name)
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ConfigError(f"Backoff {name}={v!r} must be a finite number")
+        if self.initial < 0 or self.maximum < self.initial:
+            raise ConfigError(f"Backoff needs 0 <= initial <= maximum; got {self.initial}, {self.maximum}")
+        if self.multiplier < 1:
+            raise ConfigError(f"Backoff multiplier={self.multiplier} must be >= 1")
+        if not 0 <= self.jitter <= 1:
+            raise ConfigError(f"Backoff jitter={self.jitter} must be between 0 and 1")
+
+    def delay(self, attempt: int, rng: "random.Random | None" = None) -> float:
+        """Seconds to wait after failed delivery number `attempt` (1-based)."""
+        base = self.initial * self.multiplier ** max(0, min(attempt - 1, 1000))
+        base = min(base, self.maximum)
+        if self.jitter:
+            base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
+        return max(0.0, min(base, self.maximum))
