@@ -6,8 +6,8 @@ from pyqueue.broker import Broker, open
 from pyqueue.config import TopicConfig
 from pyqueue.policy import Backoff
 from pyqueue.errors import (Closed, ConfigError, CorruptionError, InvalidName, LeaseLost,
-                            MessageTooLarge, OffsetOutOfRange, PartitionOutOfRange, PyQueueError,
-                            QueueFull, StorageError, UnknownTopic)
+                            MemberFenced, MessageTooLarge, OffsetOutOfRange, PartitionOutOfRange,
+                            PyQueueError, QueueFull, StorageError, TableFull, UnknownTopic)
 from pyqueue.record_batch import RecordBatch
 from pyqueue.topic import BatchReceipt, Topic
 
@@ -16,5 +16,6 @@ __version__ = "0.1.0"
 __all__ = [
     "open", "Broker", "TimerWheel", "Backoff", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
     "PyQueueError", "ConfigError", "InvalidName", "MessageTooLarge", "QueueFull", "CorruptionError",
-    "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic", "LeaseLost", "Closed", "StorageError",
+    "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic", "LeaseLost", "MemberFenced", "TableFull",
+    "Closed", "StorageError",
 ]

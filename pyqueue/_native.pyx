@@ -15,16 +15,8 @@ import array as _array
 import os as _os
 import time as _time
 
-from pyqueue.errors import (Closed, ConfigError, CorruptionError, LeaseLost, MessageTooLarge,
-                            OffsetOutOfRange, PyQueueError, StorageError)
-
-
-class MemberFenced(PyQueueError):
-    """This member was removed from its group (declared dead); it must rejoin."""
-
-
-class GroupFull(PyQueueError):
-    """The group has as many members as it can hold."""
+from pyqueue.errors import (Closed, ConfigError, CorruptionError, LeaseLost, MemberFenced,
+                            MessageTooLarge, OffsetOutOfRange, PyQueueError, StorageError, TableFull)
 
 FORMAT_VERSION = PQ_FORMAT_VERSION
 FRAME_HEADER_SIZE = PQ_FRAME_HEADER_SIZE
@@ -55,7 +47,7 @@ cdef object _error(int rc):
     if code == PQ_EFENCED:
         return MemberFenced(msg)
     if code == PQ_EFULL:
-        return GroupFull(msg)
+        return TableFull(msg)
     return StorageError(code, msg or _os.strerror(code))
 
 

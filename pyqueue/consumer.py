@@ -14,7 +14,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from pyqueue._native import Group, MemberFenced, Message
+from pyqueue._native import Group, Message
+from pyqueue.errors import MemberFenced
 from pyqueue.config import validate_name
 from pyqueue.errors import Closed, ConfigError, PyQueueError
 

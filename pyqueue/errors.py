@@ -13,6 +13,8 @@ TypeError.  The tree:
      +-- PartitionOutOfRange a partition number the topic does not have
      +-- UnknownTopic       a topic that does not exist where one must
      +-- LeaseLost          an ack/nack/extend after the lease expired and moved on
+     +-- MemberFenced       a group member was declared dead and removed (it rejoins)
+     +-- TableFull          a fixed-size table is full: a group's members, a topic's dedup ids
      +-- Closed             the broker, topic or consumer was closed
      +-- StorageError       the operating system refused (full disk, file-size limit,
                             permissions); also an OSError with its errno
@@ -23,7 +25,7 @@ from __future__ import annotations
 __all__ = [
     "PyQueueError", "ConfigError", "InvalidName", "MessageTooLarge", "QueueFull",
     "CorruptionError", "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic",
-    "LeaseLost", "Closed", "StorageError",
+    "LeaseLost", "MemberFenced", "TableFull", "Closed", "StorageError",
 ]
 
 
@@ -68,6 +70,15 @@ class UnknownTopic(PyQueueError, KeyError):
 
 class LeaseLost(PyQueueError):
     """The message's lease expired and it was delivered to someone else."""
+
+
+class MemberFenced(PyQueueError):
+    """This member was removed from its group (declared dead); it must rejoin."""
+
+
+class TableFull(PyQueueError):
+    """A fixed-size table is full: a group's 64 member slots, or the live ids
+    of a topic's dedup table (raise dedup_capacity)."""
 
 
 class Closed(PyQueueError):

@@ -19,7 +19,8 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional
 
-from pyqueue._native import GROUP_STREAM, OFFSET_UNSET, MemberFenced, Message
+from pyqueue._native import GROUP_STREAM, OFFSET_UNSET, Message
+from pyqueue.errors import MemberFenced
 from pyqueue.consumer import Consumer, positive
 from pyqueue.errors import Closed, OffsetOutOfRange, PartitionOutOfRange, PyQueueError
 
