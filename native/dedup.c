@@ -27,12 +27,13 @@ typedef struct dentry {
     uint64_t k1, k2;          /* the key; both 0 = never used */
     int64_t expires_ns;
     uint64_t offset;
+    uint64_t aux;
     uint32_t partition;
     uint32_t reserved;
 } dentry_t;
 
 _Static_assert(sizeof(dhdr_t) == HEADER_BYTES, "dedup header is 128 bytes");
-_Static_assert(sizeof(dentry_t) == 40, "dedup entry is 40 bytes");
+_Static_assert(sizeof(dentry_t) == 48, "dedup entry is 48 bytes");
 
 struct pq_dedup {
     pq_shmfile_t file;
@@ -108,8 +109,8 @@ static int lock(pq_dedup_t *d)
     return 0;
 }
 
-int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
-                   uint64_t *offset, uint32_t *slot)
+static int find(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, int keep_lock,
+                uint32_t *partition, uint64_t *offset, uint64_t *aux, uint32_t *slot)
 {
     uint64_t k1, k2;
     memcpy(&k1, key, 8);
@@ -136,7 +137,10 @@ int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_
         if (e->k1 == k1 && e->k2 == k2) {
             *partition = e->partition;
             *offset = e->offset;
-            pthread_mutex_unlock(&d->h->lock.m);
+            *aux = e->aux;
+            *slot = s;
+            if (!keep_lock)
+                pthread_mutex_unlock(&d->h->lock.m);
             return 1;
         }
     }
@@ -150,8 +154,15 @@ int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_
     return 0;
 }
 
-void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
-                     uint64_t offset, int64_t expires_ns)
+int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
+                   uint64_t *offset, uint32_t *slot)
+{
+    uint64_t aux;
+    return find(d, key, now_ns, 0, partition, offset, &aux, slot);
+}
+
+static void store(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
+                  uint64_t offset, uint64_t aux, int64_t expires_ns)
 {
     uint64_t k1, k2;
     memcpy(&k1, key, 8);
@@ -161,10 +172,39 @@ void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32
     dentry_t *e = &d->entries[slot];
     e->expires_ns = expires_ns;
     e->offset = offset;
+    e->aux = aux;
     e->partition = partition;
     e->k1 = k1;
     e->k2 = k2;
+}
+
+void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
+                     uint64_t offset, uint64_t aux, int64_t expires_ns)
+{
+    store(d, slot, key, partition, offset, aux, expires_ns);
     pthread_mutex_unlock(&d->h->lock.m);
+}
+
+int pq_dedup_get(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
+                 uint64_t *offset, uint64_t *aux)
+{
+    uint32_t slot;
+    int rc = find(d, key, now_ns, 0, partition, offset, aux, &slot);
+    if (rc == 0)
+        pthread_mutex_unlock(&d->h->lock.m);
+    return rc;
+}
+
+int pq_dedup_put(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t partition,
+                 uint64_t offset, uint64_t aux, int64_t expires_ns)
+{
+    uint32_t slot, p;
+    uint64_t o, a;
+    int rc = find(d, key, now_ns, 1, &p, &o, &a, &slot);
+    if (rc < 0)
+        return rc;
+    pq_dedup_insert(d, slot, key, partition, offset, aux, expires_ns);
+    return 0;
 }
 
 void pq_dedup_unlock(pq_dedup_t *d)

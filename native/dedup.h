@@ -30,9 +30,17 @@ void pq_dedup_close(pq_dedup_t *d);
 int pq_dedup_begin(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
                    uint64_t *offset, uint32_t *slot);
 
-/* Record the key at `slot` and release the lock. */
+/* Record the key at `slot` (with `aux`, a caller-defined word) and release the lock. */
 void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
-                     uint64_t offset, int64_t expires_ns);
+                     uint64_t offset, uint64_t aux, int64_t expires_ns);
+
+/* The table as a small durable map (the scheduler's fired records): read the
+ * unexpired entry of `key` (1 found, 0 not), or write it, replacing any
+ * (0, or -PQ_EFULL).  Each takes and releases the lock. */
+int pq_dedup_get(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t *partition,
+                 uint64_t *offset, uint64_t *aux);
+int pq_dedup_put(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t partition,
+                 uint64_t offset, uint64_t aux, int64_t expires_ns);
 
 /* Release the lock without recording anything (the append failed). */
 void pq_dedup_unlock(pq_dedup_t *d);

@@ -243,7 +243,11 @@ cdef extern from "dedup.h" nogil:
     int pq_dedup_begin(pq_dedup_t *d, const unsigned char *key, int64_t now_ns, uint32_t *partition,
                        uint64_t *offset, uint32_t *slot)
     void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const unsigned char *key, uint32_t partition,
-                         uint64_t offset, int64_t expires_ns)
+                         uint64_t offset, uint64_t aux, int64_t expires_ns)
+    int pq_dedup_get(pq_dedup_t *d, const unsigned char *key, int64_t now_ns, uint32_t *partition,
+                     uint64_t *offset, uint64_t *aux)
+    int pq_dedup_put(pq_dedup_t *d, const unsigned char *key, int64_t now_ns, uint32_t partition,
+                     uint64_t offset, uint64_t aux, int64_t expires_ns)
     void pq_dedup_unlock(pq_dedup_t *d)
     uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns)
     int pq_dedup_sync(pq_dedup_t *d)

@@ -993,8 +993,31 @@ cdef class Dedup:
         except BaseException:
             pq_dedup_unlock(self._d)
             raise
-        pq_dedup_insert(self._d, slot, k, log.partition, receipt.offset, now + <int64_t>(window * 1e9))
+        pq_dedup_insert(self._d, slot, k, log.partition, receipt.offset, 0, now + <int64_t>(window * 1e9))
         return (receipt, False)
+
+    def get(self, bytes key16):
+        """The entry of key16 as (partition, offset, aux), or None."""
+        cdef uint32_t partition = 0
+        cdef uint64_t offset = 0, aux = 0
+        if self._d == NULL:
+            raise Closed("dedup table is closed")
+        if len(key16) != 16:
+            raise ValueError("dedup key must be 16 bytes")
+        if _check(pq_dedup_get(self._d, <const unsigned char *>PyBytes_AS_STRING(key16), pq_now_ns(),
+                               &partition, &offset, &aux)) == 0:
+            return None
+        return (partition, offset, aux)
+
+    def put(self, bytes key16, uint32_t partition, uint64_t offset, uint64_t aux,
+            int64_t expires_ns=INT64_MAX):
+        """Write the entry of key16 (replacing any); by default it never expires."""
+        if self._d == NULL:
+            raise Closed("dedup table is closed")
+        if len(key16) != 16:
+            raise ValueError("dedup key must be 16 bytes")
+        _check(pq_dedup_put(self._d, <const unsigned char *>PyBytes_AS_STRING(key16), pq_now_ns(),
+                            partition, offset, aux, expires_ns))
 
     def count(self):
         return pq_dedup_count(self._d, pq_now_ns())

@@ -10,11 +10,14 @@ import shutil
 import threading
 import uuid
 import weakref
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pyqueue.config import TopicConfig, validate_name
 from pyqueue.errors import Closed, ConfigError, CorruptionError, UnknownTopic
 from pyqueue.topic import Topic
+
+if TYPE_CHECKING:
+    from pyqueue.scheduler import Scheduler
 
 __all__ = ["Broker", "open"]
 
@@ -50,6 +53,7 @@ class Broker:
         self.fsync_interval = float(fsync_interval)
         self._topics: dict[str, Topic] = {}
         self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._scheduler: Any = None
         self._lock = threading.RLock()
         self._closed = False
         self._init_directory(create)
@@ -155,6 +159,18 @@ class Broker:
             os.rename(tdir, doomed)        # atomic: the topic is gone at once
             shutil.rmtree(doomed, ignore_errors=True)
 
+    def scheduler(self, **options: Any) -> "Scheduler":
+        """The broker's durable scheduler (one object per broker handle).
+        Options on first use: clock, misfire_grace, capacity."""
+        from pyqueue.scheduler import Scheduler
+        with self._lock:
+            self._check_open()
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self, **options)
+            elif options:
+                raise ConfigError("scheduler options are set on the first call to broker.scheduler()")
+            return self._scheduler
+
     def stats(self) -> dict[str, Any]:
         """Per topic and partition: offsets, messages, segments, bytes."""
         with self._lock:
@@ -202,6 +218,8 @@ class Broker:
         self._stop.set()
         if self._upkeep is not threading.current_thread():
             self._upkeep.join()
+        if self._scheduler is not None:
+            self._scheduler.close()
         with self._lock:
             topics, self._topics = list(self._topics.values()), {}
             consumers = list(self._consumers)
