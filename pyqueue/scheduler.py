@@ -104,6 +104,7 @@ class Scheduler:
         with self._db_lock:
             self._db.execute("INSERT OR IGNORE INTO meta VALUES ('capacity', ?)",
                              (str(requested or DEFAULT_CAPACITY),))
+            self._db.execute("INSERT OR IGNORE INTO meta VALUES ('count', '0')")
             stored = int(self._db.execute("SELECT value FROM meta WHERE name='capacity'").fetchone()[0])
         if requested is not None and requested != stored:
             raise ConfigError(f"the scheduler was created with capacity={stored}; asked for {requested}")
@@ -118,28 +119,43 @@ class Scheduler:
         """Add a schedule, or replace the one with this id (keeping what it has
         fired, so that adding the same schedule at every start-up never fires
         a time twice).  Exactly one of cron=, every=, at=."""
+        return self.add_many([dict(id=id, topic=topic, value=value, key=key, headers=headers, cron=cron,
+                                   every=every, at=at, timezone=timezone, start=start, end=end,
+                                   misfire=misfire)])[0]
+
+    def add_many(self, schedules: "list[dict[str, Any]]") -> list[Schedule]:
+        """Add (or replace) many schedules in one transaction: each item holds
+        the keyword arguments of add(), id included."""
         self._check_open()
-        spec = Schedule.create(id, topic=topic, value=value, key=key, headers=headers, cron=cron,
-                               every=every, at=at, timezone=timezone, start=start, end=end,
-                               misfire=misfire, created_ns=int(self.clock() * NS))
-        if topic not in self.broker.topics():
-            raise UnknownTopic(f"schedule {id!r}: no topic {topic!r} in {self.broker.path}")
+        now_ns = int(self.clock() * NS)
+        specs = [Schedule.create(**item, created_ns=now_ns) for item in schedules]
+        topics = set(self.broker.topics())
+        for spec in specs:
+            if spec.topic not in topics:
+                raise UnknownTopic(f"schedule {spec.id!r}: no topic {spec.topic!r} in {self.broker.path}")
+        out = []
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
-                row = self._db.execute("SELECT created_ns FROM schedules WHERE id=?", (id,)).fetchone()
-                if row is not None:
-                    spec = Schedule(**{**spec.__dict__, "created_ns": row[0]})
-                if self.count() >= self.capacity and row is None:
-                    raise ConfigError(f"the scheduler holds {self.capacity} schedules (its capacity)")
-                self._db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?, ?)", spec.to_row())
-                self._db.execute("INSERT INTO changes (id) VALUES (?)", (id,))
+                count = int(self._db.execute("SELECT value FROM meta WHERE name='count'").fetchone()[0])
+                for spec in specs:
+                    row = self._db.execute("SELECT created_ns FROM schedules WHERE id=?", (spec.id,)).fetchone()
+                    if row is not None:
+                        spec = Schedule(**{**spec.__dict__, "created_ns": row[0]})
+                    elif count >= self.capacity:
+                        raise ConfigError(f"the scheduler holds {self.capacity} schedules (its capacity)")
+                    else:
+                        count += 1
+                    self._db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?, ?)", spec.to_row())
+                    self._db.execute("INSERT INTO changes (id) VALUES (?)", (spec.id,))
+                    out.append(spec)
+                self._db.execute("UPDATE meta SET value=? WHERE name='count'", (str(count),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         self._notify.wake()
-        return spec
+        return out
 
     def remove(self, id: str) -> bool:
         """Remove a schedule; False if there was none."""
@@ -149,6 +165,7 @@ class Scheduler:
             gone = self._db.execute("DELETE FROM schedules WHERE id=?", (id,)).rowcount > 0
             if gone:
                 self._db.execute("INSERT INTO changes (id) VALUES (?)", (id,))
+                self._db.execute("UPDATE meta SET value=CAST(value AS INTEGER) - 1 WHERE name='count'")
             self._db.execute("COMMIT")
         self._notify.wake()
         return gone
@@ -169,7 +186,7 @@ class Scheduler:
 
     def count(self) -> int:
         with self._db_lock:
-            return self._db.execute("SELECT count(*) FROM schedules").fetchone()[0]
+            return int(self._db.execute("SELECT value FROM meta WHERE name='count'").fetchone()[0])
 
     def info(self, id: str) -> Optional[dict[str, Any]]:
         """The schedule, its last fire time and count, and its next fire time."""
