@@ -16,12 +16,14 @@ import pytest
 
 import pyqueue
 
-CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+from conftest import CHILD_CWD, child_env
+
+CHILD_ENV = child_env()
 
 
 def spawn(code, *args):
     return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code), *map(str, args)],
-                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, env=CHILD_ENV)
+                            stdout=subprocess.PIPE, stdin=subprocess.PIPE, env=CHILD_ENV, cwd=CHILD_CWD)
 
 
 class Lines:

@@ -12,7 +12,9 @@ import pytest
 
 import pyqueue
 
-CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+from conftest import CHILD_CWD, child_env
+
+CHILD_ENV = child_env()
 
 
 @pytest.fixture
@@ -148,7 +150,7 @@ def test_nack_delay_survives_a_crash(tmp_path):
         print("nacked", flush=True)
         os._exit(0)            # no close: the delay must already be in the shared state
     """)
-    out = subprocess.run([sys.executable, "-c", child, str(path)], env=CHILD_ENV,
+    out = subprocess.run([sys.executable, "-c", child, str(path)], env=CHILD_ENV, cwd=CHILD_CWD,
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.strip() == "nacked", out.stderr
     nacked_at = time.time()
@@ -173,7 +175,7 @@ def test_dedup_returns_first_receipt_and_survives_restart(tmp_path):
             r = b.topic("charges").send(b"again", dedup_id="charge-991")
             print(r.partition, r.offset)
     """)
-    out = subprocess.run([sys.executable, "-c", child, str(path)], env=CHILD_ENV,
+    out = subprocess.run([sys.executable, "-c", child, str(path)], env=CHILD_ENV, cwd=CHILD_CWD,
                          capture_output=True, text=True, timeout=60)
     assert out.stdout.split() == [str(first.partition), str(first.offset)], out.stderr
     with pyqueue.open(path) as b:
@@ -202,7 +204,7 @@ def test_concurrent_dedup_from_two_processes_writes_once(tmp_path):
             for i in range(500):
                 t.send(b"x", dedup_id="id-%d" % i)
     """)
-    procs = [subprocess.Popen([sys.executable, "-c", child, str(path)], env=CHILD_ENV) for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", child, str(path)], env=CHILD_ENV, cwd=CHILD_CWD) for _ in range(2)]
     assert [p.wait(timeout=60) for p in procs] == [0, 0]
     with pyqueue.open(path) as b:
         t = b.topic("t")

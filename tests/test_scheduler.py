@@ -17,7 +17,9 @@ from croniter import croniter
 
 import pyqueue
 
-CHILD_ENV = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+from conftest import CHILD_CWD, child_env
+
+CHILD_ENV = child_env()
 
 
 class Clock:
@@ -180,7 +182,7 @@ def test_sigkill_of_active_scheduler_fails_over_without_duplicates(tmp_path):
         b.topic("health")
         b.scheduler().add("beat", topic="health", value=b"x", every=0.05)
     procs = [subprocess.Popen([sys.executable, "-c", textwrap.dedent(MEMBER), str(path)],
-                              stdout=subprocess.PIPE, env=CHILD_ENV) for _ in range(2)]
+                              stdout=subprocess.PIPE, env=CHILD_ENV, cwd=CHILD_CWD) for _ in range(2)]
     try:
         status = read_status(procs, lambda st: "active" in st.values())
         active = next(p for p in procs if status.get(p) == "active")
