@@ -807,9 +807,15 @@ int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
             part->n_done--;
             part->committed++;
         }
-        /* the position moved: room in a full window, or depth for a producer
-         * blocked on max_depth (wake costs one load when nobody sleeps) */
-        freed = part->committed != before;
+        /* Wake sleepers (members waiting for room, producers waiting on
+         * max_depth) when the free room crosses an eighth of the window, not
+         * on every ack: a member woken for each freed slot would lease one
+         * message at a time (TCP's silly window). */
+        uint64_t quantum = g->window / 8 ? g->window / 8 : 1;
+        uint64_t free_before = g->window - (part->next - before);
+        uint64_t free_after = g->window - (part->next - part->committed);
+        freed = (free_before < quantum && free_after >= quantum) ||
+                part->n_ready > 0;   /* e.g. the next message of an ordered key */
     }
     unlock_part(part);
     if (freed)

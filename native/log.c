@@ -20,8 +20,9 @@
  *
  * Process-local state (the list of known segments and their mappings) is
  * guarded by a plain mutex, never held across a syscall that may block long.
- * At most MAX_MAPPED sealed segments stay mapped per handle, so resident
- * memory does not grow with the size of the log.
+ * At most MAX_MAPPED sealed segments stay mapped per handle (a writer drops
+ * the oldest when it rolls, a reader when it maps another), so resident
+ * memory is bounded by MAX_MAPPED + 1 segments whatever the size of the log.
  */
 #define _GNU_SOURCE
 #include "log.h"
@@ -47,7 +48,7 @@
 #define STATE_FILE     "state"
 #define STATE_SIZE     4096
 #define STATE_VERSION  1
-#define MAX_MAPPED     8
+#define MAX_MAPPED     4      /* sealed segments kept mapped per handle, besides the tail */
 
 static const char STATE_MAGIC[8] = {'P', 'Y', 'Q', 'S', 'T', 'A', 'T', 'E'};
 
@@ -223,6 +224,7 @@ static void evict_mappings(pq_log_t *log)
     if (mapped > MAX_MAPPED && victim != SIZE_MAX) {
         pq_segment_decref(log->slots[victim].seg);   /* readers hold their own references */
         log->slots[victim].seg = NULL;
+        evict_mappings(log);                         /* at most a few more */
     }
 }
 
@@ -773,6 +775,7 @@ static int roll(pq_log_t *log, uint64_t next, int64_t now_ns)
         log->slots[i].seg = seg;
         log->slots[i].last_use = ++log->use_clock;
     }
+    evict_mappings(log);          /* the sealed segment need not stay mapped */
     pthread_mutex_unlock(&log->local);
     log->st->tail_base = next;
     log->st->tail_pos = PQ_SEGMENT_HEADER_SIZE;
@@ -942,11 +945,10 @@ int pq_log_sync(pq_log_t *log, uint64_t upto)
     size_t nseg = 0;
     uint64_t last_base = from;
     pthread_mutex_lock(&log->local);
-    long i = find_slot(log, target ? target - 1 : 0);
-    if (i < 0 || (size_t)i == log->nslots - 1) {
+    /* list the directory only when a roll happened since we last did */
+    if (log->nslots == 0 || log->slots[log->nslots - 1].base < __atomic_load_n(&st->tail_base, __ATOMIC_RELAXED))
         refresh_slots(log);
-    }
-    i = find_slot(log, from);
+    long i = find_slot(log, from);
     if (i < 0)
         i = 0;
     for (size_t k = (size_t)i; k < log->nslots && nseg < 64; k++) {

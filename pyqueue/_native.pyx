@@ -7,6 +7,7 @@ from cpython.buffer cimport (PyObject_CheckBuffer, PyObject_GetBuffer, PyBuffer_
                              PyBUF_C_CONTIGUOUS)
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING, PyBytes_GET_SIZE
 from cpython cimport array
+cimport cython
 from libc.stdint cimport uint32_t, uint64_t, int64_t, UINT64_MAX, INT64_MAX
 from libc.stdlib cimport malloc, calloc, free
 from libc.string cimport memcpy
@@ -132,6 +133,7 @@ def decode_headers(bytes blob):
 
 # ---- values handed to users ----
 
+@cython.no_gc
 cdef class Receipt:
     """Where a sent message landed: (topic, partition, offset)."""
 
@@ -160,9 +162,12 @@ cdef class Receipt:
         return (Receipt, (self.topic, self.partition, self.offset))
 
 
+@cython.no_gc   # millions are made; untracked, they never trigger a collection
 cdef class Message:
     """One record: offset, timestamp, key, value, headers; ack/nack/extend when
-    it was delivered by a consumer."""
+    it was delivered by a consumer.  Not tracked by the cycle collector: a
+    Message referring to itself (through its headers) would be leaked, not
+    crash."""
 
     @property
     def timestamp(self):

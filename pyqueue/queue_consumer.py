@@ -65,6 +65,7 @@ class QueueConsumer(Consumer):
         self._next_partition = 0
         super().__init__(topic, group, start=start, auto_ack=auto_ack,
                          session_timeout=session_timeout, window=max_in_flight)
+        self._next_partition = self.slot % topic.partitions   # members start apart
         for p in range(topic.partitions):          # a new group starts at earliest or latest
             start_off, end_off = topic.offsets(p)
             self._state.init_offset(p, start_off if start == "earliest" else end_off)
