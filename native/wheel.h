@@ -1,7 +1,8 @@
 /* wheel.h - a hierarchical timing wheel: O(1) add and cancel, batched expiry.
  *
- * Timers live in one growable array of 32-byte nodes linked into buckets, so
- * a million timers cost 32 MB and no allocation per timer.  The caller keeps
+ * Timers live in one growable array of 24-byte nodes linked into buckets, so
+ * a million timers cost 24 MB (up to twice that while the array grows by
+ * doubling) and no allocation per timer.  The caller keeps
  * its payloads in a parallel array indexed by the node index the wheel hands
  * out (pq_wheel_add's *index), which stays valid until the timer expires or is
  * cancelled.  Handles carry a generation so a stale cancel is harmless.
@@ -26,7 +27,7 @@ void pq_wheel_free(pq_wheel_t *w);
 
 /* Schedule a timer for `deadline` (in ticks; a deadline at or before the
  * current tick expires at the next pq_wheel_expire).  Returns 0 and the handle
- * and node index, or -ENOMEM (or -E2BIG past 2^32 - 1 live timers). */
+ * and node index, or -ENOMEM (or -E2BIG past 2^31 timers). */
 int pq_wheel_add(pq_wheel_t *w, uint64_t deadline, uint64_t *handle, uint32_t *index);
 
 /* Cancel a timer.  Returns 1 and its node index if it was pending, 0 if the

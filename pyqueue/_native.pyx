@@ -1036,7 +1036,7 @@ cdef class Dedup:
 
 cdef class TimerWheel:
     """A hierarchical timing wheel (native/wheel.c): O(1) add and cancel,
-    expiry in batches, millions of timers in 32 bytes each plus the items.
+    expiry in batches, millions of timers in 24 bytes each plus the items.
 
     Times are seconds on `clock` (time.monotonic by default), rounded up to
     whole ticks; an item is never returned before its time."""
