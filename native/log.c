@@ -252,7 +252,11 @@ static int acquire_segment(pq_log_t *log, uint64_t offset, uint64_t end,
     uint64_t tail_base = __atomic_load_n(&log->st->tail_base, __ATOMIC_RELAXED);
     pthread_mutex_lock(&log->local);
     long i = find_slot(log, offset);
-    if (i < 0 || ((size_t)i == log->nslots - 1 && log->slots[i].base < tail_base)) {
+    /* The list is stale when its last segment is not the tail: a roll since
+     * it was read, or a segment above the end left by a cut roll and since
+     * removed by the repairer (tail_from_end).  Either way a segment missing
+     * from the list may hold `offset`. */
+    if (i < 0 || log->slots[log->nslots - 1].base != tail_base) {
         if ((rc = refresh_slots(log)) != 0)
             goto out;
         i = find_slot(log, offset);
@@ -581,6 +585,30 @@ static int state_looks_valid(const pq_state_t *st, const pq_log_config_t *cfg)
            st->tail_pos >= PQ_SEGMENT_HEADER_SIZE && st->tail_pos <= cfg->segment_bytes;
 }
 
+/* The segment size recorded in the header of segment `base` (FORMAT.md,
+ * "Segment header"), or 0 if the header cannot be read or fails its CRC. */
+static uint64_t stored_segment_bytes(const pq_log_t *log, uint64_t base)
+{
+    char name[40], path[4096];
+    unsigned char h[PQ_SEGMENT_HEADER_SIZE];
+    uint32_t crc;
+    uint64_t size;
+    pq_segment_name(base, name, sizeof name);
+    snprintf(path, sizeof path, "%s/%s", log->dir, name);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return 0;
+    ssize_t n = pread(fd, h, sizeof h, 0);
+    close(fd);
+    if (n != (ssize_t)sizeof h)
+        return 0;
+    memcpy(&crc, h + 60, 4);
+    if (memcmp(h, "PYQSEGMT", 8) != 0 || crc != pq_crc32c(0, h, 60))
+        return 0;
+    memcpy(&size, h + 24, 8);
+    return size;
+}
+
 /* Sole opener: make the state agree with the segments, then reset the locks. */
 static int recover(pq_log_t *log, int create)
 {
@@ -596,6 +624,15 @@ static int recover(pq_log_t *log, int create)
     pthread_mutex_unlock(&log->local);
     if (rc)
         return rc;
+    if (log->nslots > 0) {
+        /* Before anything is scanned or rewritten: the first segment is sealed
+         * or the tail, never a cut roll, so its header tells the stored size. */
+        uint64_t stored = stored_segment_bytes(log, log->slots[0].base);
+        if (stored && stored != log->cfg.segment_bytes)
+            return pq_error_set(-PQ_ECONFIG, "partition %s has segments of %llu bytes, opened with segment_bytes %llu",
+                                log->dir, (unsigned long long)stored,
+                                (unsigned long long)log->cfg.segment_bytes);
+    }
 
     if (log->nslots == 0) {
         if (!create)

@@ -249,8 +249,9 @@ uint32_t pq_segment_write(pq_segment_t *seg, uint64_t pos, const pq_record_t *re
 int pq_segment_parse(const pq_segment_t *seg, uint64_t pos, uint64_t offset, uint64_t limit,
                      pq_record_t *rec)
 {
-    if (pos < PQ_SEGMENT_HEADER_SIZE || (pos & (PQ_FRAME_ALIGN - 1)) ||
-        pos + PQ_FRAME_HEADER_SIZE > limit || limit > seg->size)
+    /* Written so that nothing wraps: pos may be any 64-bit value. */
+    if (pos < PQ_SEGMENT_HEADER_SIZE || (pos & (PQ_FRAME_ALIGN - 1)) || limit > seg->size ||
+        pos > limit || limit - pos < PQ_FRAME_HEADER_SIZE)
         return pq_error_set(-PQ_ECORRUPT, "segment %s: offset %llu has an index entry pointing to byte %llu, outside the data region",
                             seg->path, (unsigned long long)offset, (unsigned long long)pos);
     const unsigned char *f = seg->map + pos;
@@ -289,11 +290,13 @@ int pq_segment_parse(const pq_segment_t *seg, uint64_t pos, uint64_t offset, uin
 int pq_segment_read(const pq_segment_t *seg, uint64_t offset, pq_record_t *rec)
 {
     uint64_t i = offset - seg->base;
-    /* i+1 index entries exist, so data ends below the limit for i records. */
-    uint64_t limit = seg->size - PQ_INDEX_ENTRY_SIZE * (i + 1);
-    if (PQ_INDEX_ENTRY_SIZE * (i + 1) > seg->size - PQ_SEGMENT_HEADER_SIZE)
+    /* At most (size - header) / 4 records fit.  Compared as a count: the
+     * product 4 * (i + 1) wraps for i >= 2^62 - 1 (and for offset < base). */
+    if (offset < seg->base || i >= (seg->size - PQ_SEGMENT_HEADER_SIZE) / PQ_INDEX_ENTRY_SIZE)
         return pq_error_set(-PQ_ECORRUPT, "segment %s cannot hold offset %llu",
                             seg->path, (unsigned long long)offset);
+    /* i+1 index entries exist, so data ends below the limit for i records. */
+    uint64_t limit = seg->size - PQ_INDEX_ENTRY_SIZE * (i + 1);
     return pq_segment_parse(seg, pq_segment_index_get(seg, i), offset, limit, rec);
 }
 
@@ -305,7 +308,7 @@ uint64_t pq_segment_scan(pq_segment_t *seg, uint64_t pos, uint64_t offset,
     pq_record_t rec;
     for (;;) {
         uint64_t i = offset - seg->base;
-        if (PQ_INDEX_ENTRY_SIZE * (i + 1) + PQ_SEGMENT_HEADER_SIZE > seg->size)
+        if (offset < seg->base || i >= (seg->size - PQ_SEGMENT_HEADER_SIZE) / PQ_INDEX_ENTRY_SIZE)
             break;
         uint64_t limit = pq_segment_data_limit(seg, i);
         if (pos >= limit || pq_segment_parse(seg, pos, offset, limit, &rec) != 0)
