@@ -43,7 +43,7 @@ class Lines:
     def remove(self, proc):
         self.sel.unregister(proc.stdout)
 
-    def until(self, on_line, done, timeout=30):
+    def until(self, on_line, done, timeout=120):
         deadline = time.monotonic() + timeout
         while not done():
             left = deadline - time.monotonic()
