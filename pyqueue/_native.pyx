@@ -895,6 +895,11 @@ cdef class Group:
             for k in range(n):
                 m = msgs[k]
                 m.delivery_count = leases[k].deliveries
+                if m._raw_headers is not None:
+                    # a retry appended again carries its earlier deliveries
+                    prior = m.headers.get("x-delivery-count")
+                    if prior is not None and prior.isdigit():
+                        m.delivery_count += int(prior)
                 m._lease_id = leases[k].lease_id
                 m._owner = owner
             return (msgs, None if due == INT64_MAX else due / 1e9)

@@ -13,9 +13,10 @@ one key's messages one at a time, in order (SQS FIFO message groups).
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from pyqueue._native import GROUP_MAX_WINDOW, GROUP_QUEUE, Message
+from pyqueue._native import GROUP_MAX_WINDOW, GROUP_QUEUE, Message, encode_headers
 from pyqueue.config import validate_name
 from pyqueue.consumer import Consumer, positive
 from pyqueue.errors import ConfigError, LeaseLost, OffsetOutOfRange
@@ -95,12 +96,28 @@ class QueueConsumer(Consumer):
 
     def _nack(self, m: Message, delay: Optional[float]) -> None:
         """Return m to the queue after `delay`, or the backoff's delay for its
-        delivery count when delay is None."""
+        delivery count when delay is None.
+
+        A delayed retry of an unordered queue leaves the in-flight window: the
+        message is appended again (same partition, key, value and headers,
+        with its delivery count and first offset in x-delivery-count and
+        x-original-offset, deliverable after the delay) and the delivery is
+        acked, so a message waiting out its backoff never holds back the
+        messages behind it.  ordered=True keeps it in place, before its key's
+        later messages."""
         if delay is None:
             d = self.backoff.delay(m.delivery_count) if self.backoff else 0.0
         else:
             d = positive("delay", delay, allow_zero=True)
-        self._state.nack(m.partition, m.offset, m._lease_id, d)
+        if d <= 0 or self.ordered:
+            self._state.nack(m.partition, m.offset, m._lease_id, d)
+            return
+        headers = dict(m.headers)
+        headers["x-delivery-count"] = str(m.delivery_count).encode()
+        headers.setdefault("x-original-offset", str(m.offset).encode())
+        self.topic._logs[m.partition].append(m.value, m.key, encode_headers(headers),
+                                             time.time_ns() + int(d * 1e9))
+        self._ack(m)     # a LeaseLost here leaves a duplicate: at least once
 
     # -- retries and dead letters --
 
@@ -129,7 +146,7 @@ class QueueConsumer(Consumer):
             headers.update({
                 "x-original-topic": m.topic.encode(),
                 "x-original-partition": str(m.partition).encode(),
-                "x-original-offset": str(m.offset).encode(),
+                "x-original-offset": headers.get("x-original-offset", str(m.offset).encode()),
                 "x-delivery-count": str(m.delivery_count).encode(),
                 "x-error": error.encode("utf-8", "replace")[:4096],
             })
