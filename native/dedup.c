@@ -5,7 +5,9 @@
 #include "dedup.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -53,6 +55,20 @@ int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out)
         free(d);
         return pq_error_set(-ENOMEM, "out of memory opening %s", path);
     }
+    /* An existing table's header decides: a different capacity must never
+     * resize (and so wipe) it. */
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd >= 0) {
+        dhdr_t h;
+        ssize_t n = pread(fd, &h, sizeof h, 0);
+        close(fd);
+        if (n == (ssize_t)sizeof h && memcmp(h.magic, DEDUP_MAGIC, 8) == 0 && h.capacity != capacity) {
+            free(d->path);
+            free(d);
+            return pq_error_set(-PQ_ECONFIG, "dedup table %s holds %u entries; opened for %u", path,
+                                h.capacity, capacity);
+        }
+    }
     size_t size = HEADER_BYTES + (size_t)capacity * sizeof(dentry_t);
     int rc = pq_shmfile_open(path, size, &d->file);
     if (rc) {
@@ -63,8 +79,11 @@ int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out)
     d->h = d->file.map;
     d->entries = (dentry_t *)((char *)d->file.map + HEADER_BYTES);
     d->capacity = capacity;
+    static const char zero[8];
     if (d->file.sole) {
-        if (d->file.created) {
+        /* Created now, or created by an opener that died before writing the
+         * header (the file is allocated first): an empty table either way. */
+        if (d->file.created || memcmp(d->h->magic, zero, 8) == 0) {
             memcpy(d->h->magic, DEDUP_MAGIC, 8);
             d->h->version = 1;
             d->h->capacity = capacity;

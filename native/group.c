@@ -766,7 +766,8 @@ static entry_t *find_delivery(pq_group_t *g, gpart_t *part, uint32_t p, uint64_t
     if (g->window && part->committed != PQ_OFFSET_UNSET && offset >= part->committed &&
         offset < part->next) {
         e = entry_of(g, part, offset);
-        if (e->lease_id != lease_id || e->state == E_DONE)
+        /* lease ids start at 1: 0 marks an entry never delivered or nacked */
+        if (lease_id == 0 || e->lease_id != lease_id || e->state == E_DONE)
             e = NULL;
     }
     if (!e)

@@ -46,7 +46,7 @@ struct pq_wheel {
     uint32_t cap, used;       /* nodes allocated; high-water mark */
     uint32_t free_head;
     size_t count;
-    uint32_t due_head;        /* expired, not yet handed out */
+    uint32_t due_head, due_tail;   /* expired, not yet handed out: FIFO, earliest first */
 };
 
 #define UNLINKED 0xFFFF
@@ -59,7 +59,7 @@ int pq_wheel_new(uint64_t start_tick, pq_wheel_t **out)
     w->now = start_tick;
     memset(w->heads, 0xFF, sizeof w->heads);
     w->free_head = PQ_WHEEL_NONE;
-    w->due_head = PQ_WHEEL_NONE;
+    w->due_head = w->due_tail = PQ_WHEEL_NONE;
     *out = w;
     return 0;
 }
@@ -103,10 +103,14 @@ static void unlink_node(pq_wheel_t *w, uint32_t i)
 static void place(pq_wheel_t *w, uint32_t i)
 {
     node_t *n = &w->nodes[i];
-    if (n->deadline <= w->now) {            /* due: straight to the due list */
+    if (n->deadline <= w->now) {            /* due: to the tail of the due list */
         n->level = UNLINKED;
-        n->next = w->due_head;
-        w->due_head = i;
+        n->next = PQ_WHEEL_NONE;
+        if (w->due_tail != PQ_WHEEL_NONE)
+            w->nodes[w->due_tail].next = i;
+        else
+            w->due_head = i;
+        w->due_tail = i;
         return;
     }
     uint64_t delta = n->deadline - w->now;
@@ -167,12 +171,16 @@ int pq_wheel_cancel(pq_wheel_t *w, uint64_t handle, uint32_t *index)
     node_t *n = &w->nodes[i];
     if (n->level == UNLINKED) {
         /* on the due list: remove it there (rare: due but not yet collected) */
-        uint32_t *p = &w->due_head;
-        while (*p != PQ_WHEEL_NONE && *p != i)
+        uint32_t *p = &w->due_head, prev = PQ_WHEEL_NONE;
+        while (*p != PQ_WHEEL_NONE && *p != i) {
+            prev = *p;
             p = &w->nodes[*p].next;
+        }
         if (*p != i)
             return 0;
         *p = n->next;
+        if (w->due_tail == i)
+            w->due_tail = prev;
     } else {
         unlink_node(w, i);
     }
@@ -245,6 +253,8 @@ size_t pq_wheel_expire(pq_wheel_t *w, uint64_t now, uint32_t *out, size_t max)
     while (n < max && w->due_head != PQ_WHEEL_NONE) {
         uint32_t i = w->due_head;
         w->due_head = w->nodes[i].next;
+        if (w->due_head == PQ_WHEEL_NONE)
+            w->due_tail = PQ_WHEEL_NONE;
         out[n++] = i;
         free_node(w, i);
         w->count--;
