@@ -175,17 +175,17 @@ def child_pq_load(p: dict) -> dict:
     s = broker.scheduler(capacity=p["capacity"])
     items = [dict(id=f"s{i:08d}", topic=TOPIC, value=payload(i), every=IDLE_EVERY) for i in range(n)]
     settle()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     _, prof = profiled(lambda: s.add_many(items), p.get("profile", False))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     items = None                    # let the definitions go before the size checks
     if s.count() != n:
         raise RuntimeError(f"pyqueue holds {s.count()} schedules, expected {n}")
     broker.close()
     sdir = os.path.join(p["dir"], "scheduler")
-    return {"seconds": seconds, "per_s": n / seconds, "peak_rss_bytes": peak, "disk_bytes": dir_bytes(sdir),
-            "db_bytes": file_bytes(os.path.join(sdir, "schedules.db")),
+    return {"seconds": seconds, "per_s": n / seconds, "cpu_s": cpu, "peak_rss_bytes": peak,
+            "disk_bytes": dir_bytes(sdir), "db_bytes": file_bytes(os.path.join(sdir, "schedules.db")),
             "wal_bytes": file_bytes(os.path.join(sdir, "schedules.db-wal")),
             "fired_bytes": file_bytes(os.path.join(sdir, "fired")), "profile": prof}
 
@@ -198,12 +198,12 @@ def child_pq_add_one(p: dict) -> dict:
     add = s.add
     values = [payload(i) for i in range(n)]
     settle()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     for i in range(n):
         add(f"s{i:08d}", topic=TOPIC, value=values[i], every=IDLE_EVERY)
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     broker.close()
-    return {"seconds": seconds, "per_s": n / seconds}
+    return {"seconds": seconds, "per_s": n / seconds, "cpu_s": cpu}
 
 
 def child_pq_restart(p: dict) -> dict:
@@ -214,16 +214,16 @@ def child_pq_restart(p: dict) -> dict:
     rss0 = rss_bytes()
     if traced:
         tracemalloc.start()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     broker = pyqueue.open(p["dir"])
     t1 = time.perf_counter()
     s = broker.scheduler()
     t2 = time.perf_counter()
     fired, prof = profiled(s.run_pending, p.get("profile", False))
-    t3 = time.perf_counter()
+    t3, cpu = time.perf_counter(), cpu_seconds() - c0
     loaded = len(s._wheel)          # timers pending in the active scheduler's wheel
     settle()
-    out = {"open_s": t1 - t0, "scheduler_s": t2 - t1, "run_pending_s": t3 - t2, "seconds": t3 - t0,
+    out = {"open_s": t1 - t0, "scheduler_s": t2 - t1, "run_pending_s": t3 - t2, "seconds": t3 - t0, "cpu_s": cpu,
            "fired": fired, "loaded": loaded, "rss_bytes": rss_bytes() - rss0, "profile": prof}
     if traced:
         snap = tracemalloc.take_snapshot()
@@ -315,12 +315,12 @@ def child_ap_load(p: dict) -> dict:
     sched = ap_scheduler(store, url)
     sched.start(paused=True)        # paused: add_job() writes to the store, and nothing runs
     add = sched.add_job
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     for i in range(n):
         add(ap_job, "interval", seconds=IDLE_EVERY, id=f"s{i:08d}", args=(payload(i),))
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     settle()
-    out = {"seconds": seconds, "per_s": n / seconds, "rss_bytes": rss_bytes() - rss0}
+    out = {"seconds": seconds, "per_s": n / seconds, "cpu_s": cpu, "rss_bytes": rss_bytes() - rss0}
     if traced:
         out["traced_bytes"], out["traced_peak_bytes"] = tracemalloc.get_traced_memory()
         tracemalloc.stop()
@@ -374,7 +374,7 @@ def child_ap_sql_restart(p: dict) -> dict:
     import apscheduler.schedulers.background  # noqa: F401
     settle()
     rss0 = rss_bytes()
-    t0 = time.perf_counter()
+    c0, t0 = cpu_seconds(), time.perf_counter()
     sched = ap_scheduler("sql", f"sqlite:///{os.path.join(p['dir'], 'jobs.sqlite')}")
     done = threading.Event()
     first_pass = sched._process_jobs
@@ -386,9 +386,9 @@ def child_ap_sql_restart(p: dict) -> dict:
     sched._process_jobs = process_jobs
     sched.start()
     done.wait()
-    seconds = time.perf_counter() - t0
+    seconds, cpu = time.perf_counter() - t0, cpu_seconds() - c0
     settle()
-    out = {"seconds": seconds, "rss_bytes": rss_bytes() - rss0}
+    out = {"seconds": seconds, "cpu_s": cpu, "rss_bytes": rss_bytes() - rss0}
     sched.shutdown(wait=False)
     return out
 
@@ -531,7 +531,8 @@ def part_load_memory_restart(args, wd: Workdir, parts: list, ap: bool, sql: bool
             note(f"pyqueue restart {r + 1}: {runs[-1]['seconds']:.2f} s")
         med = statistics.median(x["seconds"] for x in runs)
         best = min(runs, key=lambda x: abs(x["seconds"] - med))
-        restart.append({"impl": PQ, "n": n, "seconds": med, "open_s": best["open_s"],
+        restart.append({"impl": PQ, "n": n, "seconds": med, "cpu_s": statistics.median(x["cpu_s"] for x in runs),
+                        "open_s": best["open_s"],
                         "scheduler_s": best["scheduler_s"], "run_pending_s": best["run_pending_s"],
                         "runs": [x["seconds"] for x in runs], "rss_bytes": runs[0]["rss_bytes"]})
         if "memory" in parts:
@@ -557,7 +558,7 @@ def part_load_memory_restart(args, wd: Workdir, parts: list, ap: bool, sql: bool
         m = run_child("ap-load", {"n": an, "dir": d, "store": "memory"})
         note(f"APScheduler memory store add_job x {an:,}: {m['seconds']:.1f} s")
         if "load" in parts:
-            load.append({"impl": AP_MEM, "n": an, "seconds": m["seconds"], "per_s": m["per_s"]})
+            load.append({"impl": AP_MEM, "n": an, "seconds": m["seconds"], "per_s": m["per_s"], "cpu_s": m["cpu_s"]})
         if "memory" in parts:
             tn = min(an, args.traced_n)
             tr = run_child("ap-load", {"n": tn, "dir": d, "store": "memory", "traced": True})
@@ -566,13 +567,15 @@ def part_load_memory_restart(args, wd: Workdir, parts: list, ap: bool, sql: bool
                            "disk_per": None})
         wd.remove(d)
         restart.append({"impl": AP_MEM + " (no persistence: add every job again)", "n": an,
-                        "seconds": m["seconds"], "runs": [m["seconds"]], "rss_bytes": m["rss_bytes"]})
+                        "seconds": m["seconds"], "cpu_s": m["cpu_s"], "runs": [m["seconds"]],
+                        "rss_bytes": m["rss_bytes"]})
     if sql and "load" in parts:
         d = wd.new()
         s = run_child("ap-load", {"n": args.sql_add_n, "dir": d, "store": "sql"})
         wd.remove(d)
         note(f"APScheduler SQLAlchemy store add_job x {args.sql_add_n:,}: {s['seconds']:.1f} s")
         load.append({"impl": AP_SQL, "n": args.sql_add_n, "seconds": s["seconds"], "per_s": s["per_s"],
+                     "cpu_s": s["cpu_s"],
                      "disk_per": s["disk_bytes"] / args.sql_add_n})
     if sql and ("restart" in parts or "memory" in parts):
         d = wd.new()
@@ -583,6 +586,7 @@ def part_load_memory_restart(args, wd: Workdir, parts: list, ap: bool, sql: bool
         med = statistics.median(x["seconds"] for x in runs)
         if "restart" in parts:
             restart.append({"impl": AP_SQL, "n": n, "seconds": med, "runs": [x["seconds"] for x in runs],
+                            "cpu_s": statistics.median(x["cpu_s"] for x in runs),
                             "rss_bytes": runs[0]["rss_bytes"], "fill_s": fill["seconds"]})
         if "memory" in parts:
             memory.append({"impl": AP_SQL + " (restarted process; jobs stay on disk)", "n": n,
@@ -699,12 +703,18 @@ def markdown(results: dict, goals: list, args) -> str:
     load = results.get("load")
     if load:
         lines += ["### (a) load: interval schedules added per second", "",
-                  "wall clock, one run; each schedule has its own id and 16-byte payload; ratio = pyqueue "
-                  "add_many()'s rate / this row's (above 1: add_many is faster)", "",
-                  "| implementation | schedules | seconds | schedules/s | ratio |", "|---|---:|---:|---:|---:|"]
+                  "one run; each schedule has its own id and 16-byte payload; seconds and schedules/s in "
+                  "wall-clock time, CPU s = the process's CPU time over the same calls (less sensitive to a "
+                  "busy machine); ratio = pyqueue add_many()'s rate / this row's, in wall-clock and in CPU "
+                  "time (above 1: add_many is faster)", "",
+                  "| implementation | schedules | seconds | schedules/s | CPU s | schedules/CPU s | ratio | "
+                  "ratio CPU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        cpu_base = load[0]["n"] / load[0]["cpu_s"] if load[0]["impl"] == PQ_MANY else None
         for r in load:
+            per_cpu = r["n"] / r["cpu_s"]
             lines.append(f"| {r['impl']} | {r['n']:,} | {r['seconds']:,.2f} | {r['per_s']:,.0f} | "
-                         f"{fr(r.get('ratio'))} |")
+                         f"{r['cpu_s']:,.2f} | {per_cpu:,.0f} | {fr(r.get('ratio'))} | "
+                         f"{fr(cpu_base / per_cpu if cpu_base else None)} |")
         many = [r for r in load if r["impl"] == PQ_MANY]
         if many:
             lines += ["", f"The add_many() process peaked at {many[0]['peak_rss_bytes'] / 2**20:,.0f} MiB RSS "
@@ -735,13 +745,14 @@ def markdown(results: dict, goals: list, args) -> str:
     if rs:
         lines += ["### (c) restart", "",
                   f"seconds from a fresh process's first call to a scheduler ready to fire, median of "
-                  f"{args.repeats}; RSS = its resident growth; ratio = this row's time / pyqueue's "
-                  "(above 1: pyqueue is faster)", "",
-                  "| implementation | schedules | seconds | runs | RSS MiB | ratio |", "|---|---:|---:|---|---:|---:|"]
+                  f"{args.repeats} (runs beside); CPU s = the process's CPU time over it (median); RSS = its "
+                  "resident growth; ratio = this row's time / pyqueue's (above 1: pyqueue is faster)", "",
+                  "| implementation | schedules | seconds | runs | CPU s | RSS MiB | ratio |",
+                  "|---|---:|---:|---|---:|---:|---:|"]
         for r in rs:
             lines.append(f"| {r['impl']} | {r['n']:,} | {r['seconds']:,.2f} | "
-                         f"{', '.join(f'{x:.2f}' for x in r['runs'])} | {r['rss_bytes'] / 2**20:,.1f} | "
-                         f"{fr(r.get('ratio'))} |")
+                         f"{', '.join(f'{x:.2f}' for x in r['runs'])} | {r['cpu_s']:,.2f} | "
+                         f"{r['rss_bytes'] / 2**20:,.1f} | {fr(r.get('ratio'))} |")
         p = [r for r in rs if r["impl"] == PQ]
         if p:
             p = p[0]

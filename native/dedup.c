@@ -165,9 +165,9 @@ static int find(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, int keep_l
     }
     if (candidate == UINT32_MAX) {
         pthread_mutex_unlock(&d->h->lock.m);
-        return pq_error_set(-PQ_EFULL, "dedup table %s is full for this window: %d entries in a row "
-                            "are live; create the topic with a larger dedup_capacity", d->path,
-                            PQ_DEDUP_PROBES);
+        return pq_error_set(-PQ_EFULL, "table %s is full: %d entries in a row are live; give it a "
+                            "larger capacity (a topic's dedup_capacity, the scheduler's capacity)",
+                            d->path, PQ_DEDUP_PROBES);
     }
     *slot = candidate;
     return 0;

@@ -4,8 +4,9 @@ Cron expressions and time zones are croniter's and zoneinfo's, not ours: in a
 time zone with daylight saving, a cron time inside the skipped hour fires at
 the end of the gap (02:30 on a spring-forward night fires at 03:00), and one
 inside the repeated hour fires once per occurrence (twice), as croniter
-computes them.  `every` schedules are anchored at `start` (or the creation
-time) and fire at anchor + k * every, whatever the time zone.
+computes them.  `every` schedules fire at start, start + every, ... when
+`start` is given, else at created + every, created + 2 * every, ...,
+whatever the time zone.
 """
 
 from __future__ import annotations
@@ -118,9 +119,12 @@ class Schedule:
         if self.at_ns is not None:
             nxt = self.at_ns if self.at_ns > floor else None
         elif self.every is not None:
-            anchor = self.start_ns if self.start_ns is not None else self.created_ns
             step = int(self.every * NS)
-            nxt = anchor + step * ((max(floor, anchor) - anchor) // step + 1)
+            if self.start_ns is not None and floor < self.start_ns:
+                nxt = self.start_ns               # with start=, the first fire is at start
+            else:
+                anchor = self.start_ns if self.start_ns is not None else self.created_ns
+                nxt = anchor + step * ((max(floor, anchor) - anchor) // step + 1)
         else:
             tz = ZoneInfo(self.timezone)
             base = datetime.fromtimestamp(floor / NS, tz)

@@ -46,6 +46,7 @@ log = logging.getLogger("pyqueue.scheduler")
 DEFAULT_CAPACITY = 1 << 17      # schedules the fired table holds (fixed at creation)
 STANDBY_POLL = 0.2              # seconds between a standby's attempts to take over
 _IDLE = 1.0                     # the active loop looks at the clock at least this often
+_RELOAD_ABOVE = 10_000          # changed schedules past which the active one reloads them all
 
 
 def _fired_key(schedule_id: str) -> bytes:
@@ -61,6 +62,7 @@ def _pending_key(schedule_id: str) -> bytes:
 
 
 _SKIPPED = (1 << 64) - 1    # "offset" of a fire time recorded without a message
+_EXPIRED = 1                # an expiry time long past: the entry's slot is free again
 
 
 def _iso(t_ns: int) -> str:
@@ -224,8 +226,8 @@ class Scheduler:
     def run_forever(self) -> None:
         """Fire schedules until stop(): active while holding the broker's
         scheduler lock, standing by otherwise."""
-        try:
-            while not self._stop.is_set():
+        while not self._stop.is_set():
+            try:
                 if not self._lead():
                     self._stop.wait(STANDBY_POLL)
                     continue
@@ -233,8 +235,11 @@ class Scheduler:
                     self._loop()
                 finally:
                     self._resign()
-        except Closed:
-            pass
+            except Closed:
+                return
+            except Exception:                     # a fault must not end the scheduler thread
+                log.exception("scheduler loop failed; retrying in %.1f s", STANDBY_POLL)
+                self._stop.wait(STANDBY_POLL)
 
     def run_pending(self) -> int:
         """Fire everything due now (taking leadership if free); returns how
@@ -248,6 +253,8 @@ class Scheduler:
         return self.fires - before
 
     def _lead(self) -> bool:
+        if self._lock_fd is not None:
+            return True                           # this object leads already (run_pending)
         fd = os.open(os.path.join(self.dir, "leader.lock"), os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -315,11 +322,17 @@ class Scheduler:
                                        (self._seen_seq,)).fetchall()
             if not changed:
                 return
-            self._seen_seq = changed[-1][0]
             ids = sorted({c[1] for c in changed})
-            rows = {r[0]: r for r in self._db.execute(
-                f"SELECT id, topic, value, key, spec, created_ns FROM schedules WHERE id IN "
-                f"({','.join('?' * len(ids))})", ids).fetchall()}
+            if len(ids) > _RELOAD_ABOVE:
+                self._load()                       # cheaper than a lookup per id
+                return
+            rows = {}
+            for k in range(0, len(ids), 500):      # stay under SQLite's variable limit
+                chunk = ids[k:k + 500]
+                rows.update((r[0], r) for r in self._db.execute(
+                    f"SELECT id, topic, value, key, spec, created_ns FROM schedules WHERE id IN "
+                    f"({','.join('?' * len(chunk))})", chunk).fetchall())
+            self._seen_seq = changed[-1][0]
             self._db.execute("DELETE FROM changes WHERE seq <= ?", (self._seen_seq - 10_000,))
         for id in ids:
             if id in rows:
@@ -437,6 +450,9 @@ class Scheduler:
             self._fired.sync()                    # the intent is on disk before the message
         receipt = log.append(spec.value, spec.key, encode_headers(headers))
         self._fired.put(_fired_key(spec.id), (0 if f is None else f[0]) + 1, t_ns, receipt.offset)
+        # The fire is recorded: let the pending entry expire, so that a
+        # schedule holds one entry of the table, not two.
+        self._fired.put(_pending_key(spec.id), part, t_ns, 0, _EXPIRED)
         self.fires += 1
         if topic._always:
             log.sync(receipt.offset + 1)

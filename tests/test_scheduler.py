@@ -239,3 +239,42 @@ def test_bad_input(broker):
         s.add("a", topic="health", value="text", every=5)
     assert s.list() == []
     assert s.remove("missing") is False and s.get("missing") is None
+
+
+def test_fired_table_holds_one_entry_per_schedule(broker):
+    clock = Clock(1_900_000_000.0)
+    s = broker.scheduler(clock=clock, capacity=64)
+    s.add_many([dict(id=f"s{i}", topic="health", value=b"x", every=1) for i in range(60)])
+    for _ in range(5):                        # each fire must not leave a second entry behind
+        clock.t += 1
+        assert s.run_pending() == 60
+
+
+def test_big_batches_reach_a_running_scheduler(broker):
+    clock = Clock(1_900_000_000.0)
+    s = broker.scheduler(clock=clock, capacity=1 << 15)
+    s.run_pending()                           # active, loaded, empty
+    s.add_many([dict(id=f"a{i}", topic="health", value=b"x", every=10) for i in range(700)])
+    s.add_many([dict(id=f"b{i}", topic="health", value=b"x", every=10) for i in range(10_500)])
+    clock.t += 10
+    assert s.run_pending() == 11_200          # chunked lookups, then a full reload
+
+
+def test_run_pending_then_start_in_one_process(broker):
+    s = broker.scheduler()
+    s.run_pending()
+    s.add("beat", topic="health", value=b"x", every=0.05)
+    s.start()
+    c = broker.topic("health").consumer("g")
+    assert c.poll(timeout=5) is not None      # the thread leads with the lock it already holds
+    s.stop()
+
+
+def test_every_with_start_fires_at_start_first(broker):
+    clock = Clock(1_900_000_000.0)
+    s = broker.scheduler(clock=clock)
+    start = datetime.fromtimestamp(clock.t + 30, timezone.utc)
+    s.add("from-start", topic="health", value=b"x", every=10, start=start)
+    assert s.info("from-start")["next_fire"] == start.isoformat()
+    clock.t += 30
+    assert s.run_pending() == 1
