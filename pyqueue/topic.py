@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
 from pyqueue import _native
-from pyqueue._native import (GROUP_QUEUE, Dedup, Group, Log, Message, Notify, Receipt, encode_headers,
+from pyqueue._native import (GROUP_QUEUE, GROUP_STREAM, Dedup, Group, Log, Message, Notify, Receipt, encode_headers,
                              partition_for_key, probe_group)
 from pyqueue.backpressure import Backpressure
 from pyqueue.config import TopicConfig, validate_name
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["Topic", "BatchReceipt", "DEAD_LETTER_HEADERS"]
 
 MAX_DELAY = 365 * 86400.0
+_MODE_NAMES = {GROUP_STREAM: "stream", GROUP_QUEUE: "queue"}
 MAX_DEDUP_ID = 1024
 DEAD_LETTER_HEADERS = frozenset({"x-original-topic", "x-original-partition", "x-original-offset",
                                  "x-delivery-count", "x-error"})
@@ -316,10 +317,11 @@ class Topic:
         """The process's shared handle on a group's state file."""
         with self._groups_lock:
             g = self._groups.get(name)
-            if g is not None and (g.mode, g.window) != (mode, window):
-                g = None   # the native open below reports the conflict with the stored group
-                return Group(os.path.join(self.path, "groups", name + ".group"), mode,
-                             self.config.partitions, window, self.notify)
+            if g is not None and g.mode != mode:
+                raise ConfigError(f"group {name!r} exists in {_MODE_NAMES[g.mode]} mode; "
+                                  f"asked for {_MODE_NAMES[mode]} mode")
+            if g is not None and g.window != window:
+                raise ConfigError(f"group {name!r} exists with max_in_flight={g.window}; asked for {window}")
             if g is None:
                 if not self._logs:
                     raise Closed(f"topic {self.name!r} is closed")
