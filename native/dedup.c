@@ -17,11 +17,19 @@
 #define HEADER_BYTES 128
 static const char DEDUP_MAGIC[8] = {'P', 'Y', 'Q', 'D', 'E', 'D', 'U', 'P'};
 
+/* The pending send (dedup.h, crash rule) uses bytes that were reserved and
+ * zero: tables written before it read as "nothing pending". */
 typedef struct dhdr {
     char magic[8];
     uint32_t version;
     uint32_t capacity;
-    char reserved[48];
+    uint32_t pend_token;        /* 16: the record's attributes; 0 = nothing pending */
+    uint32_t pend_slot;         /* 20 */
+    uint64_t pend_k1, pend_k2;  /* 24 */
+    uint64_t pend_from;         /* 40: the partition's end before the append */
+    int64_t pend_expires;       /* 48 */
+    uint32_t pend_partition;    /* 56 */
+    uint32_t token_seq;         /* 60: last token handed out */
     union { pthread_mutex_t m; char pad[64]; } lock;   /* at 64 */
 } dhdr_t;
 
@@ -43,6 +51,8 @@ struct pq_dedup {
     dentry_t *entries;
     uint32_t capacity;
     char *path;
+    pq_log_t **logs;            /* the topic's partitions, for settle(); not owned */
+    uint32_t nlogs;
 };
 
 int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out)
@@ -70,7 +80,7 @@ int pq_dedup_open(const char *path, uint32_t capacity, pq_dedup_t **out)
         }
     }
     size_t size = HEADER_BYTES + (size_t)capacity * sizeof(dentry_t);
-    int rc = pq_shmfile_open(path, size, &d->file);
+    int rc = pq_shmfile_open(path, size, PQ_SHMFILE_KEEP, &d->file);
     if (rc) {
         free(d->path);
         free(d);
@@ -110,21 +120,72 @@ void pq_dedup_close(pq_dedup_t *d)
     if (!d)
         return;
     pq_shmfile_close(&d->file);
+    free(d->logs);
     free(d->path);
     free(d);
+}
+
+void pq_dedup_attach_logs(pq_dedup_t *d, pq_log_t *const *logs, uint32_t n)
+{
+    pq_log_t **copy = n ? malloc(n * sizeof *copy) : NULL;
+    if (copy)
+        memcpy(copy, logs, n * sizeof *copy);
+    free(d->logs);
+    d->logs = copy;
+    d->nlogs = copy ? n : 0;
+}
+
+static void store(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32_t partition,
+                  uint64_t offset, uint64_t aux, int64_t expires_ns);
+
+/* The holder of a pending send died; the lock is ours.  Costs a read of the
+ * records appended to that partition since the send began (only senders
+ * without a dedup id could append meanwhile). */
+static void settle(pq_dedup_t *d)
+{
+    dhdr_t *h = d->h;
+    uint32_t token = h->pend_token, p = h->pend_partition;
+    uint64_t found = UINT64_MAX;
+    if (p < d->nlogs && h->pend_slot < d->capacity) {
+        uint64_t start, end, o;
+        pq_log_bounds(d->logs[p], &start, &end);
+        o = h->pend_from < start ? start : h->pend_from;
+        while (o < end && found == UINT64_MAX) {
+            pq_record_t recs[64];
+            pq_segment_t *seg = NULL;
+            int n = pq_log_read_many(d->logs[p], o, recs, 64, &seg);
+            if (n <= 0)
+                break;                     /* damaged: give up, as without the rule */
+            for (int i = 0; i < n && found == UINT64_MAX; i++)
+                if (recs[i].attributes == token)
+                    found = recs[i].offset;
+            o += (uint64_t)n;
+            pq_segment_decref(seg);
+        }
+        if (found != UINT64_MAX) {
+            uint8_t key[16];
+            memcpy(key, &h->pend_k1, 8);
+            memcpy(key + 8, &h->pend_k2, 8);
+            store(d, h->pend_slot, key, p, found, 0, h->pend_expires);
+        }
+    }
+    __atomic_store_n(&h->pend_token, 0, __ATOMIC_RELEASE);
+    pq_error_clear();
 }
 
 static int lock(pq_dedup_t *d)
 {
     int rc = pthread_mutex_lock(&d->h->lock.m);
     if (rc == EOWNERDEAD) {
-        /* An entry is only written after its message was appended; a holder
-         * that died mid-write leaves at worst one key that no longer dedups. */
+        /* Entries are written whole before the pending send is cleared; one
+         * left behind is settled below. */
         pthread_mutex_consistent(&d->h->lock.m);
         rc = 0;
     }
     if (rc)
         return pq_error_set(-rc, "dedup table %s: lock unusable: %s", d->path, strerror(rc));
+    if (__atomic_load_n(&d->h->pend_token, __ATOMIC_ACQUIRE))
+        settle(d);                         /* left by a holder that died */
     return 0;
 }
 
@@ -201,6 +262,7 @@ void pq_dedup_insert(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], uint32
                      uint64_t offset, uint64_t aux, int64_t expires_ns)
 {
     store(d, slot, key, partition, offset, aux, expires_ns);
+    __atomic_store_n(&d->h->pend_token, 0, __ATOMIC_RELEASE);   /* after the entry */
     pthread_mutex_unlock(&d->h->lock.m);
 }
 
@@ -228,7 +290,27 @@ int pq_dedup_put(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t 
 
 void pq_dedup_unlock(pq_dedup_t *d)
 {
+    __atomic_store_n(&d->h->pend_token, 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(&d->h->lock.m);
+}
+
+uint32_t pq_dedup_pend(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], pq_log_t *log,
+                       uint32_t partition, int64_t expires_ns)
+{
+    dhdr_t *h = d->h;
+    uint64_t start, end;
+    pq_log_bounds(log, &start, &end);
+    memcpy(&h->pend_k1, key, 8);
+    memcpy(&h->pend_k2, key + 8, 8);
+    h->pend_slot = slot;
+    h->pend_from = end;
+    h->pend_expires = expires_ns;
+    h->pend_partition = partition;
+    uint32_t token = ++h->token_seq;
+    if (token == 0)
+        token = ++h->token_seq;            /* 0 is every other record's attributes */
+    __atomic_store_n(&h->pend_token, token, __ATOMIC_RELEASE);   /* last: the rest is set */
+    return token;
 }
 
 uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns)

@@ -15,6 +15,8 @@
 
 #include <stdint.h>
 
+#include "log.h"
+
 #define PQ_DEDUP_PROBES       256
 #define PQ_DEDUP_MAX_CAPACITY (1u << 26)
 
@@ -44,6 +46,23 @@ int pq_dedup_put(pq_dedup_t *d, const uint8_t key[16], int64_t now_ns, uint32_t 
 
 /* Release the lock without recording anything (the append failed). */
 void pq_dedup_unlock(pq_dedup_t *d);
+
+/* Crash rule: a send between pq_dedup_begin() (returning 0) and
+ * pq_dedup_insert() is first recorded as pending: the key, its slot, the
+ * target partition and that partition's end before the append.  The record
+ * is appended carrying the returned token (non-zero) as its attributes;
+ * insert() and unlock() clear the pending send.  A live holder always clears
+ * it before unlocking, so a locker that finds one knows its holder died: it
+ * looks for the token in the partition from that end on and, if the record
+ * is there, records the key as insert() would have (else the append never
+ * happened).  The lock must be held (begin returned 0).  Returns the token. */
+uint32_t pq_dedup_pend(pq_dedup_t *d, uint32_t slot, const uint8_t key[16], pq_log_t *log,
+                       uint32_t partition, int64_t expires_ns);
+
+/* The topic's partition logs, index = partition, for settling a pending send
+ * (not owned: they must outlive d).  Without them a pending send left by a
+ * dead holder is dropped, and a retry of its key writes the message twice. */
+void pq_dedup_attach_logs(pq_dedup_t *d, pq_log_t *const *logs, uint32_t n);
 
 /* Unexpired entries at now_ns (a scan: for stats). */
 uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns);

@@ -219,10 +219,30 @@ static int check_header(const ghdr_t *h, const pq_group_config_t *cfg, const cha
 
 static void release_member(pq_group_t *g, uint32_t slot, uint64_t member_id);
 
+/* A queue-mode window is [committed, next) with at most `window` offsets:
+ * recount, sweep and lease loop over it and trust that bound. */
+static int check_window(pq_group_t *g, uint32_t p)
+{
+    gpart_t *part = part_of(g, p);
+    uint64_t c = part->committed, n = part->next;
+    if (!g->window || (c == PQ_OFFSET_UNSET && n == PQ_OFFSET_UNSET) ||
+        (c != PQ_OFFSET_UNSET && n >= c && n - c <= g->window))
+        return 0;
+    return pq_error_set(-PQ_ECORRUPT, "group file %s: partition %u window [%llu, %llu) at byte %zu "
+                        "is not within max_in_flight=%u", g->path, p, (unsigned long long)c,
+                        (unsigned long long)n, (size_t)((char *)&part->committed - (char *)g->h),
+                        g->window);
+}
+
 /* Sole opener: nobody else has the file open, so every member is gone. */
 static int reset_after_restart(pq_group_t *g, int fresh)
 {
     ghdr_t *h = g->h;
+    for (uint32_t p = 0; p < g->partitions && !fresh; p++) {
+        int bad = check_window(g, p);
+        if (bad)
+            return bad;
+    }
     int rc = pq_shared_mutex_init(&h->members_lock.m);
     for (uint32_t p = 0; p < g->partitions && rc == 0; p++) {
         gpart_t *part = part_of(g, p);
@@ -278,7 +298,7 @@ int pq_group_open(const char *path, const pq_group_config_t *cfg, pq_group_t **o
     g->partitions = cfg->partitions;
     g->window = cfg->mode == PQ_GROUP_QUEUE ? cfg->window : 0;
     size_t size = HEADER_BYTES + (size_t)cfg->partitions * part_stride(g->window);
-    if ((rc = pq_shmfile_open(path, size, &g->file)) != 0) {
+    if ((rc = pq_shmfile_open(path, size, PQ_SHMFILE_KEEP, &g->file)) != 0) {
         free(g->path);
         free(g);
         return rc;
@@ -321,6 +341,11 @@ int pq_group_probe(const char *path, pq_group_config_t *out)
     close(fd);
     if (n != (ssize_t)sizeof h || memcmp(h.magic, GROUP_MAGIC, 8) != 0)
         return pq_error_set(-PQ_ECORRUPT, "group file %s: bad header at byte 0", path);
+    if (h.version != GROUP_VERSION || (h.mode != PQ_GROUP_STREAM && h.mode != PQ_GROUP_QUEUE) ||
+        h.partitions == 0 || (h.mode == PQ_GROUP_QUEUE) != (h.window != 0) ||
+        h.window > PQ_GROUP_MAX_WINDOW)
+        return pq_error_set(-PQ_ECORRUPT, "group file %s: version %u, mode %u, window %u at bytes "
+                            "8..24 are not a group's", path, h.version, h.mode, h.window);
     out->mode = h.mode;
     out->partitions = h.partitions;
     out->window = h.window;
@@ -804,9 +829,8 @@ int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
             entry_t *head = entry_of(g, part, part->committed);
             if (head->state != E_DONE)
                 break;
-            head->state = E_FREE;
-            part->n_done--;
             part->committed++;
+            part->n_done--;     /* outside the window now; a lease resets it on reuse */
         }
         /* Wake sleepers (members waiting for room, producers waiting on
          * max_depth) when the free room crosses an eighth of the window, not

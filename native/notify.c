@@ -15,7 +15,7 @@ int pq_notify_open(const char *path, pq_notify_t **out)
     pq_notify_t *n = calloc(1, sizeof *n);
     if (!n)
         return pq_error_set(-ENOMEM, "out of memory");
-    int rc = pq_shmfile_open(path, NOTIFY_SIZE, &n->file);
+    int rc = pq_shmfile_open(path, NOTIFY_SIZE, 0, &n->file);
     if (rc) {
         free(n);
         return rc;

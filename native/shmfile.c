@@ -14,7 +14,7 @@
 
 #include "pq_error.h"
 
-int pq_shmfile_open(const char *path, size_t size, pq_shmfile_t *out)
+int pq_shmfile_open(const char *path, size_t size, int flags, pq_shmfile_t *out)
 {
     int rc;
     memset(out, 0, sizeof *out);
@@ -36,7 +36,7 @@ int pq_shmfile_open(const char *path, size_t size, pq_shmfile_t *out)
         goto fail;
     }
     if ((size_t)st.st_size != size) {
-        if (!out->sole) {
+        if (!out->sole || (st.st_size != 0 && (flags & PQ_SHMFILE_KEEP))) {
             rc = pq_error_set(-PQ_ECORRUPT, "%s is %lld bytes, expected %zu", path,
                               (long long)st.st_size, size);
             goto fail;

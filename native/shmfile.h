@@ -21,9 +21,13 @@ typedef struct pq_shmfile {
 } pq_shmfile_t;
 
 /* Open or create `path` (0600) of exactly `size` bytes, preallocated, and map
- * it.  A file of another size is reset to `size` zero bytes by a sole opener
- * and refused (-PQ_ECORRUPT) otherwise.  0 or a negative code. */
-int pq_shmfile_open(const char *path, size_t size, pq_shmfile_t *out);
+ * it.  An empty file (a creation cut short) is grown to `size` zero bytes.  A
+ * non-empty file of another size is reset to `size` zero bytes by a sole
+ * opener if it holds derived data (flags 0), and refused with -PQ_ECORRUPT if
+ * it is authoritative (PQ_SHMFILE_KEEP: group and dedup files, whose contents
+ * exist nowhere else) or others have it open.  0 or a negative code. */
+#define PQ_SHMFILE_KEEP 1
+int pq_shmfile_open(const char *path, size_t size, int flags, pq_shmfile_t *out);
 
 /* Downgrade a sole opener's exclusive lock to shared. */
 void pq_shmfile_share(pq_shmfile_t *f);

@@ -249,6 +249,9 @@ cdef extern from "dedup.h" nogil:
     int pq_dedup_put(pq_dedup_t *d, const unsigned char *key, int64_t now_ns, uint32_t partition,
                      uint64_t offset, uint64_t aux, int64_t expires_ns)
     void pq_dedup_unlock(pq_dedup_t *d)
+    uint32_t pq_dedup_pend(pq_dedup_t *d, uint32_t slot, const unsigned char *key, pq_log_t *log,
+                           uint32_t partition, int64_t expires_ns)
+    void pq_dedup_attach_logs(pq_dedup_t *d, pq_log_t **logs, uint32_t n)
     uint64_t pq_dedup_count(pq_dedup_t *d, int64_t now_ns)
     int pq_dedup_sync(pq_dedup_t *d)
 
@@ -256,3 +259,4 @@ cdef extern from "dedup.h" nogil:
 cdef class Dedup:
     cdef pq_dedup_t *_d
     cdef readonly str path
+    cdef list _logs

@@ -301,7 +301,8 @@ cdef class Log:
 
     # -- writes --
 
-    def append(self, value, key=None, bytes headers=None, int64_t deliver_at=0):
+    def append(self, value, key=None, bytes headers=None, int64_t deliver_at=0,
+               uint32_t attributes=0):
         """Append one record; returns its Receipt."""
         cdef pq_record_t rec
         cdef Py_buffer vb, kb
@@ -331,7 +332,7 @@ cdef class Log:
                 rec.headers = PyBytes_AS_STRING(headers)
                 rec.headers_len = <uint32_t>PyBytes_GET_SIZE(headers)
             rec.deliver_at = deliver_at
-            rec.attributes = 0
+            rec.attributes = attributes
             with nogil:
                 rc = pq_log_append(self._log, &rec, 1, &first)
             _check(rc)
@@ -955,15 +956,28 @@ cdef class Dedup:
     def __cinit__(self):
         self._d = NULL
 
-    def __init__(self, str path, uint32_t capacity):
+    def __init__(self, str path, uint32_t capacity, list logs=None):
+        """logs: the topic's partition Logs (index = partition), to settle a
+        send whose process died between its append and its insert."""
         bpath = _os.fsencode(path)
         cdef const char *cpath = bpath
         cdef int rc
+        cdef pq_log_t **ptrs
+        cdef Py_ssize_t i
         pq_error_clear()
         with nogil:
             rc = pq_dedup_open(cpath, capacity, &self._d)
         _check(rc)
         self.path = path
+        self._logs = list(logs or [])
+        if self._logs:
+            ptrs = <pq_log_t **>malloc(len(self._logs) * sizeof(pq_log_t *))
+            if ptrs == NULL:
+                raise MemoryError()
+            for i in range(len(self._logs)):
+                ptrs[i] = (<Log>self._logs[i])._log
+            pq_dedup_attach_logs(self._d, ptrs, <uint32_t>len(self._logs))
+            free(ptrs)
 
     def __dealloc__(self):
         if self._d != NULL:
@@ -998,12 +1012,14 @@ cdef class Dedup:
             r.partition = partition
             r.offset = offset
             return (r, True)
+        cdef int64_t expires = now + <int64_t>(window * 1e9)
+        cdef uint32_t token = pq_dedup_pend(self._d, slot, k, log._log, log.partition, expires)
         try:
-            receipt = log.append(value, key, headers, deliver_at)
+            receipt = log.append(value, key, headers, deliver_at, token)
         except BaseException:
             pq_dedup_unlock(self._d)
             raise
-        pq_dedup_insert(self._d, slot, k, log.partition, receipt.offset, 0, now + <int64_t>(window * 1e9))
+        pq_dedup_insert(self._d, slot, k, log.partition, receipt.offset, 0, expires)
         return (receipt, False)
 
     def get(self, bytes key16):

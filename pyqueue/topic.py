@@ -15,7 +15,7 @@ from pyqueue._native import (GROUP_QUEUE, GROUP_STREAM, Dedup, Group, Log, Messa
                              partition_for_key, probe_group)
 from pyqueue.backpressure import Backpressure
 from pyqueue.config import TopicConfig, validate_name
-from pyqueue.errors import Closed, ConfigError, PartitionOutOfRange, UnknownTopic as UnknownGroup
+from pyqueue.errors import Closed, ConfigError, CorruptionError, PartitionOutOfRange, UnknownTopic as UnknownGroup
 from pyqueue.record_batch import RecordBatch
 
 if TYPE_CHECKING:
@@ -143,6 +143,11 @@ class Topic:
             receipt, duplicate = self._dedup_table().send(
                 _dedup_key(dedup_id), log, value, key, blob, deliver_at, self.config.dedup_window)
             if duplicate:
+                if not (0 <= receipt.partition < self.partitions
+                        and receipt.offset < self._logs[receipt.partition].bounds()[1]):
+                    raise CorruptionError(f"{os.path.join(self.path, 'dedup')}: the entry of this "
+                                          f"dedup_id names offset {receipt.offset} of partition "
+                                          f"{receipt.partition}, which topic {self.name!r} does not have")
                 return receipt
         if self._always:
             log.sync(receipt.offset + 1)
@@ -153,7 +158,8 @@ class Topic:
             if self._dedup is None:
                 if not self._logs:
                     raise Closed(f"topic {self.name!r} is closed")
-                self._dedup = Dedup(os.path.join(self.path, "dedup"), self.config.dedup_capacity)
+                self._dedup = Dedup(os.path.join(self.path, "dedup"), self.config.dedup_capacity,
+                                    list(self._logs))
             return self._dedup
 
     def redrive(self, to: str, *, limit: Optional[int] = None) -> int:
