@@ -36,7 +36,6 @@ import datetime
 import json
 import multiprocessing
 import os
-import platform
 import random
 import shutil
 import sqlite3
@@ -45,6 +44,7 @@ import sys
 import tempfile
 import threading
 import time
+import _common  # bench/_common.py: the machine's description
 
 # numpy is only used to build arrays; an idle OpenBLAS thread pool would spin
 # on a small machine and steal CPU from the loop being timed.
@@ -621,15 +621,7 @@ def markdown(results: list[dict]) -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "sqlite": sqlite3.sqlite_version,
-            "load_average": [round(x, 2) for x in os.getloadavg()]}
+    return _common.machine(sqlite=sqlite3.sqlite_version)
 
 
 def main(argv=None) -> None:

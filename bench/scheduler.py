@@ -76,7 +76,6 @@ import io
 import json
 import os
 import pickle
-import platform
 import pstats
 import resource
 import shutil
@@ -87,6 +86,7 @@ import tempfile
 import threading
 import time
 import tracemalloc
+import _common  # bench/_common.py: the machine's description
 
 # The checkout this script lives in comes first, so that an in-place build
 # (python setup.py build_ext --inplace) is what gets measured.
@@ -792,21 +792,13 @@ def markdown(results: dict, goals: list, args) -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
     versions = {}
     for mod in ("apscheduler", "sqlalchemy"):
         try:
             versions[mod] = __import__(mod).__version__
         except ImportError:
             pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "pyqueue": pyqueue.__version__, **versions,
-            "load_average_after": os.getloadavg()}
+    return _common.machine(pyqueue=pyqueue.__version__, **versions)
 
 
 def command_line(argv: list) -> str:

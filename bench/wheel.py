@@ -75,7 +75,6 @@ import heapq
 import itertools
 import json
 import os
-import platform
 import random
 import resource
 import sched
@@ -84,6 +83,7 @@ import subprocess
 import sys
 import time
 import tracemalloc
+import _common  # bench/_common.py: the machine's description
 
 # The checkout this script lives in comes first, so that an in-place build
 # (python setup.py build_ext --inplace) is what gets measured.
@@ -650,14 +650,7 @@ def markdown(results: dict, goals: list[dict], args) -> str:
 
 
 def machine() -> dict:
-    cpu = "unknown"
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
-    return {"cpus": os.cpu_count(), "cpu": cpu, "python": platform.python_version(),
-            "platform": platform.platform(), "load_average_after": os.getloadavg()}
+    return _common.machine()
 
 
 def command_line(argv: list[str]) -> str:

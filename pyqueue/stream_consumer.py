@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from pyqueue._native import GROUP_STREAM, OFFSET_UNSET, Message
 from pyqueue.errors import MemberFenced

@@ -10,7 +10,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
 
-from pyqueue import _native
 from pyqueue._native import (GROUP_QUEUE, GROUP_STREAM, Dedup, Group, Log, Message, Notify, Receipt, encode_headers,
                              partition_for_key, probe_group)
 from pyqueue.backpressure import Backpressure
