@@ -263,3 +263,36 @@ def test_bad_retry_input(broker):
     with pytest.raises(pyqueue.ConfigError):
         broker.topic("u", max_depth=0)
     assert t.offsets(0) == (0, 0)
+
+
+RUNNER = """
+import sys, pyqueue
+b = pyqueue.open(sys.argv[1])
+w = b.topic("t").consumer("w", mode="queue")
+def handler(m):
+    sys.stdout.write(m.value.decode() + "\\n")   # one write: handlers run on two threads
+    sys.stdout.flush()
+n = w.run(handler, concurrency=2)
+w.close()
+b.close()
+print("stopped", n, flush=True)
+"""
+
+
+def test_run_stops_cleanly_on_sigterm(tmp_path):
+    import signal
+    path = tmp_path / "b"
+    with pyqueue.open(path) as b:
+        t = b.topic("t")
+        for i in range(10):
+            t.send(b"%d" % i)
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(RUNNER), str(path)],
+                             env=CHILD_ENV, cwd=CHILD_CWD, stdout=subprocess.PIPE, text=True)
+    seen = [child.stdout.readline().strip() for _ in range(10)]
+    child.send_signal(signal.SIGTERM)
+    rest, _ = child.communicate(timeout=60)
+    assert child.returncode == 0
+    assert sorted(seen) == [str(i) for i in range(10)]
+    assert rest.strip().splitlines()[-1] == "stopped 10"
+    with pyqueue.open(path) as b:                          # everything handled was acked
+        assert b.topic("t").consumer("w", mode="queue").lag() == {0: 0}
