@@ -144,7 +144,11 @@ class Consumer:
                     return []
                 # Arm, then look again: an append between the two is not lost.
                 seq = notify.arm()
-                msgs, due = self._fetch(n)
+                try:
+                    msgs, due = self._fetch(n)
+                except BaseException:
+                    notify.disarm()          # a sleeper counted forever would cost every append a syscall
+                    raise
                 if msgs:
                     notify.disarm()
                     return self._deliver(msgs)
