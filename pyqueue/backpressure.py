@@ -59,7 +59,11 @@ class Backpressure:
         notify = self.topic.notify
         while True:
             seq = notify.arm()
-            depth = self.depth()
+            try:
+                depth = self.depth()
+            except BaseException:
+                notify.disarm()
+                raise
             if depth < self.max_depth:
                 notify.disarm()
                 return
