@@ -43,6 +43,18 @@ class Lines:
     def remove(self, proc):
         self.sel.unregister(proc.stdout)
 
+    def drain(self, proc, on_line):
+        """Everything a finished child still had in its pipe, then forget it."""
+        self.sel.unregister(proc.stdout)
+        rest = self.partial[proc.pid] + proc.stdout.read()
+        for line in rest.split(b"\n"):
+            if line.strip():
+                try:
+                    msg = json.loads(line)
+                except ValueError:
+                    continue                    # a line cut short by the kill
+                on_line(proc, msg)
+
     def until(self, on_line, done, timeout=120):
         deadline = time.monotonic() + timeout
         while not done():
@@ -209,7 +221,7 @@ def test_per_key_order_across_a_rebalance(tmp_path):
         lines.until(on_line, lambda: count[0] >= 700)
         first.send_signal(signal.SIGKILL)                    # uncommitted work comes again
         first.wait()
-        lines.remove(first)
+        lines.drain(first, on_line)          # what it delivered before the kill, still in the pipe
         second = spawn(STREAM_READER, path)
         procs.append(second)
         lines.add(second)
