@@ -28,12 +28,13 @@ import os
 import sqlite3
 import threading
 import time
+from array import array
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from pyqueue._native import Dedup, Notify, TimerWheel, encode_headers
 from pyqueue.errors import Closed, ConfigError, PyQueueError, UnknownTopic
-from pyqueue.schedule import MAX_CATCH_UP, NS, Schedule
+from pyqueue.schedule import COLUMNS, MAX_CATCH_UP, NS, Schedule, check_row, first_after
 
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
@@ -46,6 +47,46 @@ DEFAULT_CAPACITY = 1 << 17      # schedules the fired table holds (fixed at crea
 STANDBY_POLL = 0.2              # seconds between a standby's attempts to take over
 _IDLE = 1.0                     # the active loop looks at the clock at least this often
 _RELOAD_ABOVE = 10_000          # changed schedules past which the active one reloads them all
+_CACHE = 100_000                # schedules the active one keeps built (those firing often)
+_HINTS_BATCH = 2_000            # next-fire hints written per transaction
+_HINTS_PERIOD = 0.25            # seconds a hint may wait to be written
+
+_COLS = ", ".join(COLUMNS)
+# next_ns is a hint: a time at or before the schedule's next fire, so that
+# the active scheduler loads (rowid, next_ns) and nothing else.  The fired
+# table, not the hint, says what has fired.
+_UPSERT = (f"INSERT INTO schedules ({_COLS}, next_ns) VALUES ({', '.join('?' * (len(COLUMNS) + 1))}) "
+           f"ON CONFLICT(id) DO UPDATE SET "
+           + ", ".join(f"{c}=excluded.{c}" for c in COLUMNS[1:] + ("next_ns",) if c != "created_ns"))
+
+
+def _create_tables(db: sqlite3.Connection) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        cols = [r[1] for r in db.execute("PRAGMA table_info(schedules)")]
+        legacy = "spec" in cols                 # the first layout: a JSON spec column
+        if legacy:
+            db.execute("ALTER TABLE schedules RENAME TO schedules_v1")
+        db.execute("CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, topic TEXT NOT NULL, "
+                   "value BLOB NOT NULL, key BLOB, headers TEXT, cron TEXT, every REAL, at_ns INTEGER, "
+                   "timezone TEXT NOT NULL, start_ns INTEGER, end_ns INTEGER, misfire TEXT NOT NULL, "
+                   "created_ns INTEGER NOT NULL, next_ns INTEGER)")
+        db.execute("CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT, "
+                   "row INTEGER)")
+        if "row" not in [r[1] for r in db.execute("PRAGMA table_info(changes)")]:
+            db.execute("ALTER TABLE changes ADD COLUMN row INTEGER")
+        db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+        if legacy:
+            for old in db.execute("SELECT id, topic, value, key, spec, created_ns FROM schedules_v1").fetchall():
+                row = Schedule.from_legacy_row(old).to_row()
+                # The earliest possible next fire: a safe hint, corrected at its first pop.
+                db.execute(_UPSERT, row + (first_after(row, None),))
+            db.execute("DROP TABLE schedules_v1")
+            db.execute("INSERT INTO changes (id, row) VALUES (NULL, NULL)")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
 
 
 def _fired_key(schedule_id: str) -> bytes:
@@ -60,8 +101,13 @@ def _pending_key(schedule_id: str) -> bytes:
     return hashlib.blake2b(b"pending:" + schedule_id.encode(), digest_size=16).digest()
 
 
+_SLACK_NS = 10_000          # a timer may pop this early: a float's rounding of an epoch time in ns
 _SKIPPED = (1 << 64) - 1    # "offset" of a fire time recorded without a message
 _EXPIRED = 1                # an expiry time long past: the entry's slot is free again
+
+
+def _last_ns(last: Optional[tuple[int, int]]) -> Optional[int]:
+    return None if last is None else last[0]
 
 
 def _iso(t_ns: int) -> str:
@@ -79,25 +125,31 @@ class Scheduler:
         self.dir = os.path.join(broker.path, "scheduler")
         os.makedirs(self.dir, mode=0o700, exist_ok=True)
         self._db_lock = threading.RLock()
-        self._db = sqlite3.connect(os.path.join(self.dir, "schedules.db"), timeout=30,
-                                   check_same_thread=False, isolation_level=None)
+        db_path = os.path.join(self.dir, "schedules.db")
+        self._db = sqlite3.connect(db_path, timeout=30, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL" if broker.fsync != "always" else "PRAGMA synchronous=FULL")
-        self._db.execute("CREATE TABLE IF NOT EXISTS schedules (id TEXT PRIMARY KEY, topic TEXT, value BLOB, "
-                         "key BLOB, spec TEXT, created_ns INTEGER)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT)")
-        self._db.execute("CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT)")
+        _create_tables(self._db)
+        # The active scheduler writes next-fire hints through a connection
+        # that never waits for the write lock: a bulk add holding it must not
+        # stall the fires; the hints are simply written a little later.
+        self._hint_db = sqlite3.connect(db_path, timeout=0, check_same_thread=False, isolation_level=None)
+        self._hint_db.execute("PRAGMA synchronous=NORMAL")
         self.capacity = self._capacity(capacity)
         self._fired = Dedup(os.path.join(self.dir, "fired"), self.capacity)
         self._notify = Notify(os.path.join(self.dir, "notify"))
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock_fd: Optional[int] = None
-        self._loaded = False
-        self._specs: dict[str, Schedule] = {}
-        self._next: dict[str, int] = {}
-        self._handles: dict[str, int] = {}
+        # The active scheduler's state: a timer per schedule in the wheel,
+        # whose item is the schedule's rowid, and the wheel handle of each
+        # rowid (0: none) in an array, so that a million schedules cost a few
+        # dozen bytes each.  A schedule is read from the table when it fires.
         self._wheel: Optional[TimerWheel] = None
+        self._handles = array("Q")
+        self._cache: dict[int, Schedule] = {}     # rowid -> schedule, of those that fired lately
+        self._hints: list[tuple[Optional[int], int, str]] = []   # (next_ns, rowid, id) to write
+        self._hints_written = time.monotonic()
         self._seen_seq = 0
         self.fires = 0                    # messages this scheduler published
 
@@ -120,69 +172,90 @@ class Scheduler:
         """Add a schedule, or replace the one with this id (keeping what it has
         fired, so that adding the same schedule at every start-up never fires
         a time twice).  Exactly one of cron=, every=, at=."""
-        return self.add_many([dict(id=id, topic=topic, value=value, key=key, headers=headers, cron=cron,
-                                   every=every, at=at, timezone=timezone, start=start, end=end,
-                                   misfire=misfire)])[0]
+        self.add_many([dict(id=id, topic=topic, value=value, key=key, headers=headers, cron=cron,
+                            every=every, at=at, timezone=timezone, start=start, end=end, misfire=misfire)])
+        return self.get(id)
 
-    def add_many(self, schedules: "list[dict[str, Any]]") -> list[Schedule]:
+    def add_many(self, schedules: "Iterable[dict[str, Any]]") -> int:
         """Add (or replace) many schedules in one transaction: each item holds
-        the keyword arguments of add(), id included."""
+        the keyword arguments of add(), id included.  Returns how many were
+        new (the others replaced schedules of the same id)."""
         self._check_open()
         now_ns = int(self.clock() * NS)
-        specs = [Schedule.create(**item, created_ns=now_ns) for item in schedules]
+        rows = [check_row(**item, created_ns=now_ns) for item in schedules]
         topics = set(self.broker.topics())
-        for spec in specs:
-            if spec.topic not in topics:
-                raise UnknownTopic(f"schedule {spec.id!r}: no topic {spec.topic!r} in {self.broker.path}")
-        out = []
+        for row in rows:
+            if row[1] not in topics:
+                raise UnknownTopic(f"schedule {row[0]!r}: no topic {row[1]!r} in {self.broker.path}")
+        ids = list(dict.fromkeys(row[0] for row in rows))
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                created = self._created_ns(ids)
                 count = int(self._db.execute("SELECT value FROM meta WHERE name='count'").fetchone()[0])
-                for spec in specs:
-                    row = self._db.execute("SELECT created_ns FROM schedules WHERE id=?", (spec.id,)).fetchone()
-                    if row is not None:
-                        spec = Schedule(**{**spec.__dict__, "created_ns": row[0]})
-                    elif count >= self.capacity:
-                        raise ConfigError(f"the scheduler holds {self.capacity} schedules (its capacity)")
-                    else:
-                        count += 1
-                    self._db.execute("INSERT OR REPLACE INTO schedules VALUES (?, ?, ?, ?, ?, ?)", spec.to_row())
-                    self._db.execute("INSERT INTO changes (id) VALUES (?)", (spec.id,))
-                    out.append(spec)
+                count += len(ids) - len(created)
+                if count > self.capacity:
+                    raise ConfigError(f"the scheduler holds at most {self.capacity} schedules (its capacity); "
+                                      f"this add would make {count}")
+
+                def with_hint(row: tuple) -> tuple:
+                    if row[0] not in created:
+                        return row + (first_after(row, None),)
+                    # A replacement keeps its creation time and its fires.
+                    row = row[:12] + (created[row[0]],)
+                    last = self._fired_entry(row[0])
+                    return row + (first_after(row, None if last is None else last[0]),)
+
+                self._db.executemany(_UPSERT, map(with_hint, rows))
+                if len(ids) > _RELOAD_ABOVE:       # one row telling the active scheduler to reload
+                    self._db.execute("INSERT INTO changes (id, row) VALUES (NULL, NULL)")
+                else:
+                    self._db.executemany("INSERT INTO changes (id) VALUES (?)", ((i,) for i in ids))
                 self._db.execute("UPDATE meta SET value=? WHERE name='count'", (str(count),))
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         self._notify.wake()
-        return out
+        return len(ids) - len(created)
+
+    def _created_ns(self, ids: "list[str]") -> dict[str, int]:
+        """Creation times of those of `ids` that exist already."""
+        found: dict[str, int] = {}
+        for k in range(0, len(ids), 500):          # stay under SQLite's variable limit
+            chunk = ids[k:k + 500]
+            found.update(self._db.execute(
+                f"SELECT id, created_ns FROM schedules WHERE id IN ({','.join('?' * len(chunk))})",
+                chunk).fetchall())
+        return found
 
     def remove(self, id: str) -> bool:
         """Remove a schedule; False if there was none."""
         self._check_open()
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
-            gone = self._db.execute("DELETE FROM schedules WHERE id=?", (id,)).rowcount > 0
-            if gone:
-                self._db.execute("INSERT INTO changes (id) VALUES (?)", (id,))
-                self._db.execute("UPDATE meta SET value=CAST(value AS INTEGER) - 1 WHERE name='count'")
-            self._db.execute("COMMIT")
+            try:
+                row = self._db.execute("DELETE FROM schedules WHERE id=? RETURNING rowid", (id,)).fetchone()
+                if row is not None:
+                    self._db.execute("INSERT INTO changes (id, row) VALUES (?, ?)", (id, row[0]))
+                    self._db.execute("UPDATE meta SET value=CAST(value AS INTEGER) - 1 WHERE name='count'")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
         self._notify.wake()
-        return gone
+        return row is not None
 
     def get(self, id: str) -> Optional[Schedule]:
         self._check_open()
         with self._db_lock:
-            row = self._db.execute("SELECT id, topic, value, key, spec, created_ns FROM schedules WHERE id=?",
-                                   (id,)).fetchone()
+            row = self._db.execute(f"SELECT {_COLS} FROM schedules WHERE id=?", (id,)).fetchone()
         return None if row is None else Schedule.from_row(row)
 
     def list(self) -> list[Schedule]:
         self._check_open()
         with self._db_lock:
-            rows = self._db.execute("SELECT id, topic, value, key, spec, created_ns FROM schedules "
-                                    "ORDER BY id").fetchall()
+            rows = self._db.execute(f"SELECT {_COLS} FROM schedules ORDER BY id").fetchall()
         return [Schedule.from_row(r) for r in rows]
 
     def count(self) -> int:
@@ -195,7 +268,7 @@ class Scheduler:
         if spec is None:
             return None
         last = self._last_fire(spec)
-        nxt = spec.next_after(self._base(spec, last))
+        nxt = spec.next_fire(_last_ns(last))
         return {"schedule": spec, "last_fire": None if last is None else _iso(last[0]),
                 "fires": 0 if last is None else last[1], "next_fire": None if nxt is None else _iso(nxt)}
 
@@ -245,10 +318,14 @@ class Scheduler:
         many messages were published.  For tests and custom loops."""
         if not self.active and not self._lead():
             raise PyQueueError(f"another scheduler is active on {self.broker.path}")
-        before = self.fires
         self._apply_changes()
-        for id in self._wheel.expire(self.clock()):
-            self._fire(id)
+        return self._fire_due()
+
+    def _fire_due(self) -> int:
+        before = self.fires
+        for rowid in self._wheel.expire(self.clock()):
+            self._fire(rowid)
+        self._write_hints()
         return self.fires - before
 
     def _lead(self) -> bool:
@@ -261,95 +338,150 @@ class Scheduler:
             os.close(fd)
             return False
         self._lock_fd = fd
-        self._load()
+        try:
+            self._load()
+        except BaseException:
+            self._resign()
+            raise
         return True
 
     def _resign(self) -> None:
         if self._lock_fd is not None:
-            os.close(self._lock_fd)          # releases the flock
+            try:
+                self._write_hints(everything=True)
+            except sqlite3.Error:                 # only hints: the next leader corrects them
+                pass
+            os.close(self._lock_fd)               # releases the flock
             self._lock_fd = None
-        self._loaded = False
+        self._wheel = None
+        self._handles = array("Q")
+        self._cache.clear()
+        self._hints.clear()
 
     def _loop(self) -> None:
+        applied = None
         while not self._stop.is_set():
             seq = self._notify.arm()
             try:
-                self.run_pending()
+                if seq != applied:                # someone added or removed schedules
+                    applied = seq
+                    self._apply_changes()
+                self._fire_due()
             except BaseException:
                 self._notify.disarm()
                 raise
             nd = self._wheel.next_deadline()
             wait = _IDLE if nd is None else min(_IDLE, max(0.0, nd - self.clock()))
+            if self._hints:
+                wait = min(wait, _HINTS_PERIOD)
             self._notify.sleep(seq, wait)
 
     # -- the active scheduler's state --
 
-    def _base(self, spec: Schedule, last: Optional[tuple[int, int]]) -> int:
-        if last is not None:
-            return last[0]
-        if spec.at_ns is not None:
-            return spec.at_ns - 1                # a one-off in the past still fires once
-        return spec.created_ns - 1
-
     def _load(self) -> None:
+        """Every schedule's next-fire hint into a new wheel."""
         self._wheel = TimerWheel(tick=0.001, clock=self.clock)
-        self._specs.clear()
-        self._next.clear()
-        self._handles.clear()
+        self._cache.clear()
+        self._hints.clear()
         with self._db_lock:
-            self._seen_seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
-            rows = self._db.execute("SELECT id, topic, value, key, spec, created_ns FROM schedules").fetchall()
-        for row in rows:
-            self._place(Schedule.from_row(row))
-        self._loaded = True
+            self._db.execute("BEGIN")             # one snapshot for the seq and the rows
+            try:
+                self._seen_seq = self._db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+                top = self._db.execute("SELECT coalesce(max(rowid), 0) FROM schedules").fetchone()[0]
+                self._handles = array("Q", bytes(8 * (top + 1)))
+                handles, add_at = self._handles, self._wheel.add_at
+                for rowid, next_ns in self._db.execute(
+                        "SELECT rowid, next_ns FROM schedules WHERE next_ns IS NOT NULL"):
+                    handles[rowid] = add_at(next_ns / NS, rowid)
+            finally:
+                self._db.execute("COMMIT")
 
-    def _place(self, spec: Schedule) -> None:
-        old = self._handles.pop(spec.id, None)
-        if old is not None:
+    def _place(self, rowid: int, next_ns: Optional[int]) -> None:
+        """(Re)set the timer of schedule `rowid` to next_ns (None: no timer)."""
+        if rowid >= len(self._handles):
+            grow = max(rowid + 1 - len(self._handles), len(self._handles) // 2)
+            self._handles.frombytes(bytes(8 * grow))
+        old = self._handles[rowid]
+        if old:
             self._wheel.cancel(old)
-        self._specs[spec.id] = spec
-        nxt = spec.next_after(self._base(spec, self._last_fire(spec)))
-        if nxt is None:
-            self._next.pop(spec.id, None)        # finished (a fired one-off, or past its end)
-            return
-        self._next[spec.id] = nxt
-        self._handles[spec.id] = self._wheel.add_at(nxt / NS, spec.id)
+        self._handles[rowid] = 0 if next_ns is None else self._wheel.add_at(next_ns / NS, rowid)
 
     def _apply_changes(self) -> None:
         with self._db_lock:
-            changed = self._db.execute("SELECT seq, id FROM changes WHERE seq > ? ORDER BY seq",
+            changed = self._db.execute("SELECT seq, id, row FROM changes WHERE seq > ? ORDER BY seq",
                                        (self._seen_seq,)).fetchall()
             if not changed:
                 return
-            ids = sorted({c[1] for c in changed})
-            if len(ids) > _RELOAD_ABOVE:
+            ids = sorted({c[1] for c in changed if c[1] is not None})
+            if len(ids) > _RELOAD_ABOVE or any(c[1] is None for c in changed):
                 self._load()                       # cheaper than a lookup per id
                 return
-            rows = {}
+            rows = []
             for k in range(0, len(ids), 500):      # stay under SQLite's variable limit
                 chunk = ids[k:k + 500]
-                rows.update((r[0], r) for r in self._db.execute(
-                    f"SELECT id, topic, value, key, spec, created_ns FROM schedules WHERE id IN "
-                    f"({','.join('?' * len(chunk))})", chunk).fetchall())
+                rows += self._db.execute(f"SELECT rowid, next_ns FROM schedules WHERE id IN "
+                                         f"({','.join('?' * len(chunk))})", chunk).fetchall()
             self._seen_seq = changed[-1][0]
-            self._db.execute("DELETE FROM changes WHERE seq <= ?", (self._seen_seq - 10_000,))
-        for id in ids:
-            if id in rows:
-                self._place(Schedule.from_row(rows[id]))
-            else:
-                h = self._handles.pop(id, None)
-                if h is not None:
-                    self._wheel.cancel(h)
-                self._specs.pop(id, None)
-                self._next.pop(id, None)
+        touched = {c[2] for c in changed if c[2] is not None} | {r[0] for r in rows}
+        for rowid in touched:                      # removed, or replaced: forget what we knew
+            self._cache.pop(rowid, None)
+            self._place(rowid, None)
+        if self._hints:                            # a hint of an older definition must not win
+            self._hints = [h for h in self._hints if h[1] not in touched]
+        for rowid, next_ns in rows:
+            self._place(rowid, next_ns)
 
-    def _fire(self, id: str) -> None:
-        spec = self._specs.get(id)
-        first = self._next.get(id)
-        self._handles.pop(id, None)
-        if spec is None or first is None:
+    def _write_hints(self, everything: bool = False) -> None:
+        """Store the next fire times of schedules that fired, so that a restart
+        loads them where they are, not where they were: in batches, through
+        a connection that gives up at once when another process writes."""
+        if not self._hints or (not everything and len(self._hints) < _HINTS_BATCH
+                               and time.monotonic() - self._hints_written < _HINTS_PERIOD):
             return
+        while self._hints:
+            batch = self._hints[:_HINTS_BATCH]
+            try:
+                self._hint_db.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError:       # busy: try again next time round
+                return
+            try:
+                # A change not applied yet may have rewritten these rows: then
+                # apply it first (the next time round) and drop what it touched.
+                seq = self._hint_db.execute("SELECT coalesce(max(seq), 0) FROM changes").fetchone()[0]
+                if seq != self._seen_seq:
+                    return
+                self._hint_db.executemany("UPDATE schedules SET next_ns=? WHERE rowid=? AND id=?", batch)
+                self._hint_db.execute("DELETE FROM changes WHERE seq <= ?", (self._seen_seq - 10_000,))
+            finally:
+                self._hint_db.execute("COMMIT")
+            del self._hints[:len(batch)]
+            self._hints_written = time.monotonic()
+            if not everything:
+                return
+
+    def _schedule(self, rowid: int) -> Optional[Schedule]:
+        spec = self._cache.get(rowid)
+        if spec is None:
+            with self._db_lock:
+                row = self._db.execute(f"SELECT {_COLS} FROM schedules WHERE rowid=?", (rowid,)).fetchone()
+            if row is None:
+                return None
+            if len(self._cache) >= _CACHE:
+                self._cache.clear()
+            spec = self._cache[rowid] = Schedule.from_row(row)
+        return spec
+
+    def _fire(self, rowid: int) -> None:
+        self._handles[rowid] = 0
+        spec = self._schedule(rowid)
+        if spec is None:
+            return
+        first = spec.next_fire(_last_ns(self._last_fire(spec)))
         now = int(self.clock() * NS)
+        if first is None or first > now + _SLACK_NS:   # the hint was early: fired since it was written
+            self._place(rowid, first)
+            self._hints.append((first, rowid, spec.id))
+            return
         due = [first]                             # every fire time now due, up to the cap
         while len(due) <= MAX_CATCH_UP:
             nxt = spec.next_after(due[-1])
@@ -377,9 +509,11 @@ class Scheduler:
                 self._publish(spec, t, 1)
         except UnknownTopic:
             log.warning("schedule %r: topic %r is gone; fire at %s not published",
-                        id, spec.topic, _iso(due[-1]))
+                        spec.id, spec.topic, _iso(due[-1]))
             self._record_skip(spec, due[-1])
-        self._place(spec)
+        nxt = spec.next_after(due[-1])
+        self._place(rowid, nxt)
+        self._hints.append((nxt, rowid, spec.id))
 
     def _latest_due(self, spec: Schedule, from_ns: int, now: int) -> tuple[int, int]:
         """The latest fire time <= now after from_ns, and how many lie between."""
@@ -394,11 +528,15 @@ class Scheduler:
                 return t, n
             t, n = nxt, n + 1
 
+    def _fired_entry(self, id: str) -> Optional[tuple[int, int]]:
+        """(last fire time ns, fires) as recorded, without a pending fire."""
+        f = self._fired.get(_fired_key(id))
+        return None if f is None else (f[1], f[0])
+
     def _last_fire(self, spec: Schedule) -> Optional[tuple[int, int]]:
         """(last fire time ns, fires) of a schedule, finishing the record of a
         fire whose publisher died between its append and its fired entry."""
-        f = self._fired.get(_fired_key(spec.id))
-        last = None if f is None else (f[1], f[0])
+        last = self._fired_entry(spec.id)
         pending = self._fired.get(_pending_key(spec.id))
         if pending is not None and (last is None or pending[1] > last[0]):
             part, t_ns, start = pending
@@ -468,5 +606,8 @@ class Scheduler:
         if self._db is not None:
             self._db.close()
             self._db = None
+        if self._hint_db is not None:
+            self._hint_db.close()
+            self._hint_db = None
         self._fired.close()
         self._notify.close()

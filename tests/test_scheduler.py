@@ -237,8 +237,22 @@ def test_bad_input(broker):
         s.add("../a", topic="health", value=b"x", every=5)
     with pytest.raises(TypeError):
         s.add("a", topic="health", value="text", every=5)
+    with pytest.raises(TypeError, match="time zone|IANA"):
+        s.add("a", topic="health", value=b"x", every=5, timezone=["UTC"])
+    with pytest.raises(pyqueue.ConfigError, match="every"):   # one bad item: nothing of the batch is stored
+        s.add_many([dict(id="ok", topic="health", value=b"x", every=5),
+                    dict(id="bad", topic="health", value=b"x", every=0)])
     assert s.list() == []
     assert s.remove("missing") is False and s.get("missing") is None
+
+
+def test_capacity_is_enforced_with_a_clear_error(broker):
+    s = broker.scheduler(capacity=16)
+    assert s.add_many([dict(id=f"s{i}", topic="health", value=b"x", every=5) for i in range(16)]) == 16
+    assert s.add_many([dict(id="s3", topic="health", value=b"y", every=5)]) == 0   # a replacement fits
+    with pytest.raises(pyqueue.ConfigError, match="at most 16 schedules"):
+        s.add("one-more", topic="health", value=b"x", every=5)
+    assert s.count() == 16 and s.get("s3").value == b"y"
 
 
 def test_fired_table_holds_one_entry_per_schedule(broker):
@@ -278,3 +292,75 @@ def test_every_with_start_fires_at_start_first(broker):
     assert s.info("from-start")["next_fire"] == start.isoformat()
     clock.t += 30
     assert s.run_pending() == 1
+
+
+def test_restart_loads_each_schedule_at_its_next_fire(tmp_path):
+    # After fires, a restart must put each schedule's timer at its next fire
+    # time (stored when it fired), not at its first: else every schedule that
+    # ever fired would pop at once on restart and be read back to be re-placed.
+    path = tmp_path / "b"
+    clock = Clock(1_900_000_000.0)
+    with pyqueue.open(path) as b:
+        b.topic("health")
+        s = b.scheduler(clock=clock)
+        s.add_many([dict(id=f"s{i}", topic="health", value=b"x", every=60) for i in range(50)])
+        for _ in range(3):
+            clock.t += 60
+            assert s.run_pending() == 50
+    with pyqueue.open(path) as b:
+        s = b.scheduler(clock=clock)
+        assert s.run_pending() == 0
+        assert s._wheel.next_deadline() > clock.t + 30   # a lower bound, exact for near timers
+        assert len(s._cache) == 0                 # nothing was read back from the table
+        clock.t += 60
+        assert s.run_pending() == 50
+
+
+def test_a_replacement_wins_over_the_old_definitions_next_fire(tmp_path, monkeypatch):
+    # The active scheduler stores next fire times lazily; a schedule replaced
+    # by another process in between must keep the replacement's time.
+    monkeypatch.setattr(pyqueue.scheduler, "_HINTS_PERIOD", 3600.0)   # hold them until it stops
+    path = tmp_path / "b"
+    clock = Clock(1_900_000_000.0)
+    with pyqueue.open(path) as b:
+        b.topic("health")
+        leader = b.scheduler(clock=clock)
+        leader.add("x", topic="health", value=b"x", every=100)
+        clock.t += 100
+        assert leader.run_pending() == 1          # next fire +200, not stored yet
+        other = pyqueue.scheduler.Scheduler(b, clock=clock)
+        other.add("x", topic="health", value=b"x", every=10)
+        other.close()
+        leader.close()                            # stores what it knows, unless it is stale
+    with pyqueue.open(path) as b:
+        s = b.scheduler(clock=clock)
+        clock.t += 10
+        assert s.run_pending() == 1               # +110, the replacement's next fire
+        assert s.info("x")["last_fire"] == datetime.fromtimestamp(clock.t, timezone.utc).isoformat()
+
+
+def test_schedules_of_the_first_table_layout_are_migrated(tmp_path):
+    import json
+    import sqlite3
+    path = tmp_path / "b"
+    t0 = 1_900_000_000.0
+    with pyqueue.open(path) as b:
+        b.topic("health")
+    os.makedirs(path / "scheduler")
+    db = sqlite3.connect(path / "scheduler" / "schedules.db")
+    db.execute("CREATE TABLE schedules (id TEXT PRIMARY KEY, topic TEXT, value BLOB, key BLOB, spec TEXT, "
+               "created_ns INTEGER)")
+    db.execute("CREATE TABLE changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT)")
+    spec = {"cron": None, "every": 30.0, "at_ns": None, "timezone": "UTC", "start_ns": None, "end_ns": None,
+            "misfire": "coalesce", "headers": {"team": b"ops".hex()}}
+    db.execute("INSERT INTO schedules VALUES (?, ?, ?, ?, ?, ?)",
+               ("beat", "health", b"v", b"k", json.dumps(spec), int(t0 * 1e9)))
+    db.commit()
+    db.close()
+    clock = Clock(t0 + 30)
+    with pyqueue.open(path) as b:
+        s = b.scheduler(clock=clock)
+        assert s.get("beat").headers == {"team": b"ops"} and s.get("beat").every == 30.0
+        assert s.run_pending() == 1
+        (m,) = b.topic("health").read(0, 0, 10)
+        assert (m.key, m.value, m.headers["team"]) == (b"k", b"v", b"ops")
