@@ -22,6 +22,7 @@ at most MAX_CATCH_UP, the rest coalesced into the last).
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import logging
 import os
@@ -38,6 +39,7 @@ from pyqueue.schedule import COLUMNS, MAX_CATCH_UP, NS, Schedule, check_row, fir
 
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
+    from pyqueue.topic import Topic
 
 __all__ = ["Scheduler", "DEFAULT_CAPACITY"]
 
@@ -89,11 +91,13 @@ def _create_tables(db: sqlite3.Connection) -> None:
         raise
 
 
+@functools.lru_cache(maxsize=1 << 16)    # the keys of schedules that fire often
 def _fired_key(schedule_id: str) -> bytes:
     """Entry (fires so far, last fire time ns, offset of its message) of a schedule."""
     return hashlib.blake2b(b"fired:" + schedule_id.encode(), digest_size=16).digest()
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def _pending_key(schedule_id: str) -> bytes:
     """Entry (partition, fire time ns, end offset before the append) of a fire
     being published: written before the append, so that a crash between the
@@ -148,6 +152,7 @@ class Scheduler:
         self._wheel: Optional[TimerWheel] = None
         self._handles = array("Q")
         self._cache: dict[int, Schedule] = {}     # rowid -> schedule, of those that fired lately
+        self._topics: dict[str, "Topic"] = {}     # topics looked up while firing a batch
         self._hints: list[tuple[Optional[int], int, str]] = []   # (next_ns, rowid, id) to write
         self._hints_written = time.monotonic()
         self._seen_seq = 0
@@ -323,10 +328,19 @@ class Scheduler:
 
     def _fire_due(self) -> int:
         before = self.fires
-        for rowid in self._wheel.expire(self.clock()):
-            self._fire(rowid)
+        try:
+            for rowid in self._wheel.expire(self.clock()):
+                self._fire(rowid)
+        finally:
+            self._topics.clear()                  # looked up again next time: it may be deleted
         self._write_hints()
         return self.fires - before
+
+    def _topic(self, name: str) -> "Topic":
+        topic = self._topics.get(name)
+        if topic is None:
+            topic = self._topics[name] = self.broker.topic(name, create=False)
+        return topic
 
     def _lead(self) -> bool:
         if self._lock_fd is not None:
@@ -571,7 +585,7 @@ class Scheduler:
         self._fired.put(_fired_key(spec.id), 0 if f is None else f[0], t_ns, _SKIPPED)
 
     def _publish(self, spec: Schedule, t_ns: int, stands_for: int) -> None:
-        topic = self.broker.topic(spec.topic, create=False)
+        topic = self._topic(spec.topic)
         f = self._fired.get(_fired_key(spec.id))
         if f is not None and f[1] >= t_ns:
             return                                # fired already (a record this scheduler missed)
