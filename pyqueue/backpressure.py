@@ -44,7 +44,8 @@ class Backpressure:
             for p in range(t.partitions):
                 committed = group.partition_info(p)["committed"]
                 c = floors[p] if committed is None else max(committed, floors[p])
-                slowest[p] = c if slowest[p] is None else min(slowest[p], c)
+                low = slowest[p]
+                slowest[p] = c if low is None else min(low, c)
         self._floors = [s if s is not None else f for s, f in zip(slowest, floors)]
         return self._floors
 

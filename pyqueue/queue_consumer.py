@@ -125,8 +125,9 @@ class QueueConsumer(Consumer):
         """Dead-letter messages delivered more than max_deliveries times
         without an ack (their handlers crashed or their leases expired)."""
         keep = []
+        limit = self.max_deliveries
         for m in msgs:
-            if m.delivery_count > self.max_deliveries:
+            if limit is not None and m.delivery_count > limit:
                 self._dead_letter(m, f"LeaseExpired: delivered {m.delivery_count - 1} times "
                                      f"without an ack")
             else:

@@ -175,7 +175,8 @@ class Schedule:
         return self.next_after(last_ns)
 
     def fire_times(self, after_ns: int, count: int) -> list[int]:
-        out, t = [], after_ns
+        out: list[int] = []
+        t = after_ns
         while len(out) < count:
             nxt = self.next_after(t)
             if nxt is None:
@@ -215,4 +216,5 @@ class Schedule:
             return f"cron {self.cron!r} ({self.timezone})"
         if self.every is not None:
             return f"every {self.every:g}s"
+        assert self.at_ns is not None
         return f"at {datetime.fromtimestamp(self.at_ns / NS, dt_timezone.utc).isoformat()}"

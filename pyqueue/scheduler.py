@@ -142,6 +142,7 @@ class Scheduler:
         self.capacity = self._capacity(capacity)
         self._fired = Dedup(os.path.join(self.dir, "fired"), self.capacity)
         self._notify = Notify(os.path.join(self.dir, "notify"))
+        self._closed = False
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock_fd: Optional[int] = None
@@ -149,7 +150,7 @@ class Scheduler:
         # whose item is the schedule's rowid, and the wheel handle of each
         # rowid (0: none) in an array, so that a million schedules cost a few
         # dozen bytes each.  A schedule is read from the table when it fires.
-        self._wheel: Optional[TimerWheel] = None
+        self._wheel = TimerWheel(tick=0.001, clock=clock)   # replaced when leading
         self._handles = array("Q")
         self._cache: dict[int, Schedule] = {}     # rowid -> schedule, of those that fired lately
         self._topics: dict[str, "Topic"] = {}     # topics looked up while firing a batch
@@ -179,7 +180,9 @@ class Scheduler:
         a time twice).  Exactly one of cron=, every=, at=."""
         self.add_many([dict(id=id, topic=topic, value=value, key=key, headers=headers, cron=cron,
                             every=every, at=at, timezone=timezone, start=start, end=end, misfire=misfire)])
-        return self.get(id)
+        stored = self.get(id)
+        assert stored is not None        # unless removed meanwhile by another process
+        return stored
 
     def add_many(self, schedules: "Iterable[dict[str, Any]]") -> int:
         """Add (or replace) many schedules in one transaction: each item holds
@@ -367,7 +370,7 @@ class Scheduler:
                 pass
             os.close(self._lock_fd)               # releases the flock
             self._lock_fd = None
-        self._wheel = None
+        self._wheel = TimerWheel(tick=0.001, clock=self.clock)
         self._handles = array("Q")
         self._cache.clear()
         self._hints.clear()
@@ -611,17 +614,14 @@ class Scheduler:
     # -- lifecycle --
 
     def _check_open(self) -> None:
-        if self._db is None:
+        if self._closed:
             raise Closed("the scheduler is closed")
 
     def close(self) -> None:
         self.stop()
         self._resign()
-        if self._db is not None:
-            self._db.close()
-            self._db = None
-        if self._hint_db is not None:
-            self._hint_db.close()
-            self._hint_db = None
+        self._closed = True
+        self._db.close()
+        self._hint_db.close()
         self._fired.close()
         self._notify.close()
