@@ -87,8 +87,8 @@ READERS = [
 @pytest.mark.parametrize("args", READERS, ids=lambda a: " ".join(a[:2]))
 def test_a_missing_broker_is_reported_and_not_created(tmp_path, args):
     missing = tmp_path / "missing"
-    r = run(*args[:2], "--path", missing, *args[2:]) if args[0] in ("dlq", "schedules") \
-        else run(args[0], "--path", missing, *args[1:])
+    words = 2 if args[0] in ("dlq", "schedules") else 1             # the command's own --path
+    r = run(*args[:words], "--path", missing, *args[words:])
     assert r.exit_code == 1, r.output
     assert f"no broker at {missing}" in r.output and "pyqueue create" in r.output
     assert not missing.exists()

@@ -8,7 +8,6 @@ topic, corruption found by verify...), 2 bad usage (click's own).
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import os
 import re
@@ -16,7 +15,7 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Iterator, Optional, TypeVar
+from typing import IO, Any, Callable, Optional, TypeVar
 
 import click
 
@@ -38,6 +37,21 @@ class PyQueueGroup(click.Group):
             raise click.ClickException(str(e)) from e
         except PermissionError as e:
             raise click.ClickException(f"permission denied: {e.filename or e}") from e
+        except BrokenPipeError:             # the reader of a table went away (`| head`)
+            silence_stdout()
+            ctx.exit(1)
+
+
+def silence_stdout() -> None:
+    """Point stdout at /dev/null once its reader has gone, so that the
+    interpreter's flush at exit does not fail again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):           # no real file descriptor (a test runner's stream)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def path_option(f: F) -> F:
@@ -187,10 +201,7 @@ class Output:
             return True
         except BrokenPipeError:
             self.closed = True
-            # Point stdout at /dev/null so that the interpreter's own flush at exit does not fail too.
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())
-            os.close(devnull)
+            silence_stdout()
             return False
 
 
@@ -250,17 +261,3 @@ class StopOnSignal:
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
-
-
-def batched(items: "list[Any]", n: int) -> Iterator[list[Any]]:
-    for i in range(0, len(items), n):
-        yield items[i:i + n]
-
-
-def with_broker(f: F) -> F:
-    """Pass `broker` (opened from --path, closed afterwards) instead of `path`."""
-    @functools.wraps(f)
-    def wrapper(*args: Any, path: Optional[str] = None, **kwargs: Any) -> Any:
-        with open_broker(path) as broker:
-            return f(*args, broker=broker, **kwargs)
-    return path_option(wrapper)  # type: ignore[return-value]

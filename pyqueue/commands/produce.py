@@ -39,6 +39,8 @@ def produce(path: Optional[str], topic: str, files: tuple[IO[bytes], ...], key: 
         raise click.BadParameter("must not be empty", param_hint="--key-separator")
     fixed_key = None if key is None else key.encode("utf-8")
     sources = files or (sys.stdin.buffer,)
+    if not files and sys.stdin.isatty():
+        click.echo("reading messages from stdin, one per line (Ctrl-D to end)", err=True)
     sent = 0
     with open_broker(path) as b:
         t = get_topic(b, topic)
