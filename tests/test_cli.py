@@ -408,7 +408,24 @@ def test_verify_reports_a_record_damaged_on_disk(broker_path):
     assert (report["ok"], report["records"], report["corrupt"]) == (False, 3001, 1)
     p0 = report["partitions"][0]
     assert (p0["start"], p0["end"], p0["checked"], p0["corrupt"]) == (0, 3000, 2999, 1)
-    assert p0["errors"][0]["offset"] == 100 and victim in p0["errors"][0]["error"]
+    assert p0["errors"] == [{"offset": 100, "last": 100, "error": p0["errors"][0]["error"]}]
+    assert victim in p0["errors"][0]["error"]
+
+
+def test_verify_reports_a_damaged_segment_header_as_one_range(broker_path):
+    run("create", "--path", broker_path, "t", "--segment-bytes", "64KiB")
+    run("produce", "--path", broker_path, "t", input="".join(f"record {i}\n" for i in range(5000)))
+    pdir = os.path.join(broker_path, "topics", "t", "0")
+    segments = sorted(n for n in os.listdir(pdir) if n.endswith(".seg"))
+    assert len(segments) >= 3, "the partition should span several segments"
+    first, after = int(segments[1][:-4]), int(segments[2][:-4])     # files are named by base offset
+    with open(os.path.join(pdir, segments[1]), "r+b") as f:       # a sealed segment's magic
+        f.write(b"XXXXXXXX")
+    r = run("verify", "--path", broker_path)
+    assert r.exit_code == 1, r.output
+    damaged = [x for x in r.stdout.splitlines() if x.startswith("damaged")]
+    assert len(damaged) == 1 and damaged[0].startswith(f"damaged t[0] offsets {first}..{after - 1}: "), damaged
+    assert f"CORRUPT: {after - first:,} damaged records" in r.stdout
 
 
 def test_verify_reports_a_topic_that_cannot_be_opened(broker_path):

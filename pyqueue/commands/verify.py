@@ -37,12 +37,17 @@ class PartitionReport:
     checked: int = 0
     nbytes: int = 0
     corrupt: int = 0
-    errors: list[dict[str, Any]] = field(default_factory=list)     # {offset, error}, at most SHOWN
+    # {offset, last, error}: consecutive offsets with the same error (a damaged
+    # segment header fails each of its records alike) make one entry; at most SHOWN.
+    errors: list[dict[str, Any]] = field(default_factory=list)
 
     def damaged(self, offset: int, message: str) -> None:
         self.corrupt += 1
-        if len(self.errors) < SHOWN:
-            self.errors.append({"offset": offset, "error": message})
+        last = self.errors[-1] if self.errors else None
+        if last is not None and last["last"] == offset - 1 and last["error"] == message:
+            last["last"] = offset
+        elif len(self.errors) < SHOWN:
+            self.errors.append({"offset": offset, "last": offset, "error": message})
 
 
 def verify_partition(t: pyqueue.Topic, p: int, report: PartitionReport, advance: Any = None) -> None:
@@ -132,10 +137,14 @@ def _print_report(reports: list[PartitionReport], unopenable: list[tuple[str, st
     if reports:
         out.print(table)
     for r in reports:
+        shown = 0
         for e in r.errors:
-            out.print(f"[red]damaged[/red] {r.topic}[{r.partition}] offset {e['offset']}: {e['error']}", soft_wrap=True)
-        if r.corrupt > len(r.errors):
-            out.print(f"  ... and {r.corrupt - len(r.errors):,} more damaged records in {r.topic}[{r.partition}]")
+            where = (f"offset {e['offset']}" if e["last"] == e["offset"]
+                     else f"offsets {e['offset']}..{e['last']}")
+            out.print(f"[red]damaged[/red] {r.topic}[{r.partition}] {where}: {e['error']}", soft_wrap=True)
+            shown += e["last"] - e["offset"] + 1
+        if r.corrupt > shown:
+            out.print(f"  ... and {r.corrupt - shown:,} more damaged records in {r.topic}[{r.partition}]")
     for name, message in unopenable:
         out.print(f"[red]cannot open[/red] topic {name}: {message}", soft_wrap=True)
     records = sum(r.checked for r in reports)
