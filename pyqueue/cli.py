@@ -1,4 +1,5 @@
-"""The `pyqueue` command line."""
+"""The `pyqueue` command line: the group, the demo, and the broker commands
+(each in its own module under pyqueue/commands/)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,14 @@ from typing import Optional
 import click
 
 import pyqueue
+from pyqueue.commands.common import PATH_ENV, PyQueueGroup
 
 
-@click.group()
+@click.group(cls=PyQueueGroup)
 @click.version_option(pyqueue.__version__, prog_name="pyqueue")
-def main() -> None:
+@click.option("--path", type=click.Path(file_okay=False, path_type=str), default=None,
+              help=f"Broker directory for the command that follows (or ${PATH_ENV}).")
+def main(path: Optional[str]) -> None:
     """pyqueue: an embedded, durable, multi-process message queue. A broker is a directory."""
 
 
@@ -28,37 +32,15 @@ def demo(path: Optional[str], messages: int) -> None:
         sys.exit(1)
 
 
-def _open(path: str, create: bool = False) -> pyqueue.Broker:
-    try:
-        return pyqueue.open(path, create=create)
-    except pyqueue.PyQueueError as e:
-        raise click.ClickException(str(e)) from e
+def _register() -> None:
+    from pyqueue.commands import bench, consume, dlq, metrics, produce, schedules, stats, top, topics, verify
+    for command in (topics.topics, topics.create, produce.produce, consume.consume, consume.tail,
+                    stats.stats, stats.groups, dlq.dlq, schedules.schedules, verify.verify, top.top,
+                    metrics.metrics, bench.bench):
+        main.add_command(command)
 
 
-@main.command()
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
-def topics(path: str) -> None:
-    """List the topics of a broker with their partitions and message counts."""
-    with _open(path) as b:
-        for name in b.topics():
-            t = b.topic(name)
-            counts = [t.offsets(p) for p in range(t.partitions)]
-            total = sum(end - start for start, end in counts)
-            click.echo(f"{name}\tpartitions={t.partitions}\tmessages={total}")
-
-
-@main.command()
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
-@click.argument("topic")
-@click.option("--partitions", type=int, default=None)
-def create(path: str, topic: str, partitions: Optional[int]) -> None:
-    """Create a topic (or check an existing one's partitions)."""
-    with _open(path, create=True) as b:
-        try:
-            t = b.topic(topic, partitions=partitions)
-        except pyqueue.PyQueueError as e:
-            raise click.ClickException(str(e)) from e
-        click.echo(f"{t.name}\tpartitions={t.partitions}")
+_register()
 
 
 if __name__ == "__main__":   # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import itertools
 import math
@@ -252,16 +253,29 @@ class Topic:
         return sum(log.enforce_retention() for log in self._live_logs())
 
     def stats(self) -> dict[str, Any]:
-        """Per partition: offsets, messages, segments, bytes; per group: lag,
-        in flight, dead letters and the age of the oldest unacked message."""
+        """Per partition: offsets, messages, segments, bytes, depth; per group:
+        lag, in flight, dead letters and the age of the oldest unacked message.
+
+        Depth is what max_depth bounds: the messages after the slowest group's
+        committed position (after the retained start if the topic has no group)."""
         parts = {}
         for log in self._live_logs():
             start, end = log.bounds()
             segments, nbytes = log.disk_usage()
             parts[log.partition] = {"start": start, "end": end, "messages": end - start,
                                     "segments": segments, "bytes": nbytes, "synced": log.synced}
-        groups = {name: self._group_stats(name) for name in self.groups()}
-        return {"partitions": parts, "groups": groups, "config": self.config.__dict__.copy()}
+        groups = {}
+        for name in self.groups():
+            try:
+                groups[name] = self._group_stats(name)
+            except OSError as e:                          # StorageError is one
+                if e.errno != errno.ENOENT:
+                    raise                                 # else deleted meanwhile
+        for p, part in parts.items():
+            floor = min((g["partitions"][p]["committed"] for g in groups.values()), default=part["start"])
+            part["depth"] = max(0, part["end"] - floor)
+        return {"partitions": parts, "groups": groups, "depth": sum(v["depth"] for v in parts.values()),
+                "config": self.config.__dict__.copy()}
 
     def _group_stats(self, name: str) -> dict[str, Any]:
         mode, _parts, window = probe_group(os.path.join(self.path, "groups", name + ".group"))
