@@ -12,12 +12,13 @@ producer sleeps on the topic's wake-up word, which acks and commits bump.
 
 from __future__ import annotations
 
+import errno
 import os
 import time
 from typing import TYPE_CHECKING, Optional
 
 from pyqueue._native import probe_group
-from pyqueue.errors import QueueFull
+from pyqueue.errors import QueueFull, StorageError
 
 if TYPE_CHECKING:
     from pyqueue.topic import Topic
@@ -39,7 +40,9 @@ class Backpressure:
             try:
                 mode, _parts, window = probe_group(os.path.join(t.path, "groups", name + ".group"))
                 group = t._group(name, mode, window)
-            except FileNotFoundError:
+            except StorageError as e:
+                if e.errno != errno.ENOENT:
+                    raise
                 continue                                  # deleted meanwhile
             for p in range(t.partitions):
                 committed = group.partition_info(p)["committed"]

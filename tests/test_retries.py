@@ -237,6 +237,18 @@ def test_max_depth_blocks_then_queue_full_then_recovers(broker):
     assert not producer.is_alive() and t.offsets(0)[1] == 11
 
 
+def test_max_depth_ignores_a_group_deleted_while_it_looks(broker, monkeypatch):
+    # Between listing a topic's groups and opening one, another process may
+    # delete it: the depth check must go on with the others, not fail the send.
+    t = broker.topic("t", max_depth=10)
+    w = t.consumer("w", mode="queue")
+    listed = t.groups()
+    monkeypatch.setattr(t, "groups", lambda: listed + ["deleted-meanwhile"])
+    t.send(b"x")                                          # the first send looks at the groups
+    t.send(b"y")
+    assert [m.value for m in w.poll_batch(2, timeout=1)] == [b"x", b"y"]
+
+
 def test_bad_retry_input(broker):
     t = broker.topic("t")
     with pytest.raises(pyqueue.ConfigError):
