@@ -104,7 +104,12 @@ class QueueConsumer(Consumer):
         x-original-offset, deliverable after the delay) and the delivery is
         acked, so a message waiting out its backoff never holds back the
         messages behind it.  ordered=True keeps it in place, before its key's
-        later messages."""
+        later messages.  A nack of the last delivery max_deliveries allows
+        dead-letters the message at once."""
+        limit = self.max_deliveries
+        if limit is not None and m.delivery_count >= limit:
+            self._dead_letter(m, f"Nacked: delivery {m.delivery_count} of max_deliveries={limit}")
+            return
         if delay is None:
             d = self.backoff.delay(m.delivery_count) if self.backoff else 0.0
         else:

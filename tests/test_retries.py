@@ -89,6 +89,20 @@ def test_redrive_brings_dead_letters_back(broker):
         dlq.redrive(to="missing")
 
 
+def test_nack_of_the_last_delivery_dead_letters_with_its_reason(broker):
+    t = broker.topic("t")
+    t.send(b"refused")
+    w = t.consumer("w", mode="queue", max_deliveries=2, dead_letter="t.dlq")
+    w.poll(timeout=1).nack()
+    last = w.poll(timeout=1)
+    assert last.delivery_count == 2
+    last.nack()
+    assert w.poll(timeout=0.2) is None
+    dead = broker.topic("t.dlq").read(0, 0)[0]
+    assert dead.headers["x-error"] == b"Nacked: delivery 2 of max_deliveries=2"
+    assert dead.headers["x-delivery-count"] == b"2"
+
+
 def test_lease_expiry_past_max_deliveries_dead_letters(broker):
     t = broker.topic("t")
     t.send(b"crashy")
