@@ -120,10 +120,11 @@ def print_json(obj: Any) -> None:
 
 
 def human_bytes(n: int) -> str:
+    size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if n < 1024 or unit == "TiB":
-            return f"{n:,} {unit}" if unit == "B" else f"{n:,.1f} {unit}"
-        n /= 1024
+        if size < 1024 or unit == "TiB":
+            return f"{n:,} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
     raise AssertionError("unreachable")
 
 

@@ -31,7 +31,7 @@ def metrics(path: Optional[str], topics: tuple[str, ...], port: int, host: str) 
             server, thread = start_http_server(port, addr=host, registry=registry)
         except OSError as e:
             raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
-        bound_host, bound_port = server.server_address[:2]
+        bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
         shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
         click.echo(f"serving metrics of {b.path} on http://{shown_host}:{bound_port}/metrics", err=False)
         try:

@@ -73,14 +73,14 @@ def render(now: Sample, before: Optional[Sample], path: str) -> Any:
             groups.add_row(name, gname, g["mode"], str(g["members"]), f"{g['lag']:,}",
                            rate(now, before, lambda s, n=name, gn=gname: s.committed(n, gn)),
                            f"{g['in_flight']:,}", human_age(g["oldest_unacked_age"]), f"{g['dead_letters']:,}")
-    parts: list[Any] = [topics]
+    screen: list[Any] = [topics]
     if groups.row_count:
-        parts += [Text(""), groups]
+        screen += [Text(""), groups]
     for name, message in now.errors.items():
-        parts.append(Text(f"{name}: {message}", style="red"))
+        screen.append(Text(f"{name}: {message}", style="red"))
     if not now.topics and not now.errors:
-        parts.append(Text("no topics"))
-    return Group(*parts)
+        screen.append(Text("no topics"))
+    return Group(*screen)
 
 
 @click.command()
