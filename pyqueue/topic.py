@@ -286,13 +286,16 @@ class Topic:
             info = g.partition_info(p)
             start, end = self._logs[p].bounds()
             committed = start if info["committed"] is None else max(info["committed"], start)
-            age = None
+            age, damaged = None, None
             if committed < end:
-                age = max(0.0, now - self._logs[p].read(committed, 1)[0].timestamp)
-                oldest = age if oldest is None else max(oldest, age)
+                try:
+                    age = max(0.0, now - self._logs[p].read(committed, 1)[0].timestamp)
+                    oldest = age if oldest is None else max(oldest, age)
+                except CorruptionError as e:      # stats must still show the rest
+                    damaged = str(e)
             per_part[p] = {"committed": committed, "lag": end - committed, "in_flight": info["leased"],
                            "delayed": info["delayed"], "dead_letters": info["dead_letters"],
-                           "oldest_unacked_age": age}
+                           "oldest_unacked_age": age, "damaged": damaged}
         return {"mode": "queue" if mode == GROUP_QUEUE else "stream",
                 "members": len(g.members()),
                 "lag": sum(v["lag"] for v in per_part.values()),

@@ -412,6 +412,25 @@ def test_verify_reports_a_record_damaged_on_disk(broker_path):
     assert victim in p0["errors"][0]["error"]
 
 
+def test_stats_still_answer_when_the_oldest_unacked_record_is_damaged(broker_path):
+    with pyqueue.open(broker_path, create=True) as b:
+        t = b.topic("t")
+        t.consumer("g", mode="queue").close()
+        for i in range(3):
+            t.send(b"payload-%05d" % i)
+    seg = os.path.join(broker_path, "topics", "t", "0", "0".zfill(20) + ".seg")
+    with open(seg, "r+b") as f:
+        data = f.read()
+        f.seek(data.index(b"payload-00000") + 3)
+        f.write(b"XYZ")
+    with pyqueue.open(broker_path) as b:
+        g = b.stats()["topics"]["t"]["groups"]["g"]
+    assert g["lag"] == 3 and g["oldest_unacked_age"] is None
+    assert "CRC" in g["partitions"][0]["damaged"] or "corrupt" in g["partitions"][0]["damaged"].lower()
+    r = run("groups", "--path", broker_path)
+    assert r.exit_code == 0, r.output
+
+
 def test_verify_reports_a_damaged_segment_header_as_one_range(broker_path):
     run("create", "--path", broker_path, "t", "--segment-bytes", "64KiB")
     run("produce", "--path", broker_path, "t", input="".join(f"record {i}\n" for i in range(5000)))
