@@ -98,10 +98,10 @@ def run(path: Optional[str] = None, messages: int = 20_000, echo: Callable[[str]
         parent, child = ctx.Pipe()
         victim = ctx.Process(target=_crashing_producer, args=(path, child))
         victim.start()
-        acked = []
+        acked: list[tuple[int, int, int]] = []
         while len(acked) < 5000:
             acked.append(parent.recv())
-        os.kill(victim.pid, signal.SIGKILL)
+        victim.kill()
         victim.join()
         while parent.poll():
             acked.append(parent.recv())

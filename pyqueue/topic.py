@@ -9,7 +9,7 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterable, NamedTuple, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Literal, NamedTuple, Optional, overload
 
 from pyqueue._native import (GROUP_QUEUE, GROUP_STREAM, Dedup, Group, Log, Message, Notify, Receipt, encode_headers,
                              partition_for_key, probe_group)
@@ -21,6 +21,8 @@ from pyqueue.record_batch import RecordBatch
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
     from pyqueue.consumer import Consumer
+    from pyqueue.queue_consumer import QueueConsumer
+    from pyqueue.stream_consumer import StreamConsumer
 
 __all__ = ["Topic", "BatchReceipt", "DEAD_LETTER_HEADERS"]
 
@@ -323,6 +325,15 @@ class Topic:
             self._dedup.sync()
 
     # -- consumer groups --
+
+    @overload
+    def consumer(self, group: str, *, mode: Literal["stream"] = ..., **options: Any) -> "StreamConsumer": ...
+
+    @overload
+    def consumer(self, group: str, *, mode: Literal["queue"], **options: Any) -> "QueueConsumer": ...
+
+    @overload
+    def consumer(self, group: str, *, mode: str, **options: Any) -> "Consumer": ...
 
     def consumer(self, group: str, *, mode: str = "stream", **options: Any) -> "Consumer":
         """A member of consumer group `group` on this topic.
