@@ -1,23 +1,10 @@
-"""The command line: the demo end to end, and the broker commands with good
-and bad arguments."""
-
-import subprocess
-import sys
+"""The command line: the broker commands with good and bad arguments (the
+demo has its own tests in test_demo.py)."""
 
 from click.testing import CliRunner
 
 import pyqueue
-from conftest import CHILD_CWD, child_env
 from pyqueue.cli import main
-
-
-def test_demo_runs_and_loses_nothing(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "pyqueue.cli", "demo", "--messages", "2000",
-                          "--path", str(tmp_path / "demo")], env=child_env(), cwd=CHILD_CWD,
-                         capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr
-    assert "2,000 messages produced by one process and consumed by another" in out.stdout
-    assert "ok: nothing lost" in out.stdout
 
 
 def test_create_and_list_topics(tmp_path):
@@ -40,7 +27,7 @@ def test_bad_arguments_fail_clearly(tmp_path):
     runner.invoke(main, ["create", "--path", str(tmp_path / "b"), "t", "--partitions", "2"])
     r = runner.invoke(main, ["create", "--path", str(tmp_path / "b"), "t", "--partitions", "4"])
     assert r.exit_code != 0 and "partitions=2" in r.output
-    r = runner.invoke(main, ["demo", "--messages", "0"])
+    r = runner.invoke(main, ["demo", "--uploads", "0"])
     assert r.exit_code != 0
     r = runner.invoke(main, ["nonsense"])
     assert r.exit_code != 0
