@@ -28,6 +28,7 @@ import multiprocessing as mp
 import os
 import signal
 import tempfile
+import threading
 import time
 from collections import Counter
 from multiprocessing.connection import Connection, wait
@@ -81,9 +82,10 @@ class _Pipeline:
         self.producer: Any = None
         self.producer_conn: Optional[Connection] = None
         self.producer_sent: Optional[int] = None
-        self.sched_stop = self.ctx.Event()
+        self.life_r, self.life_w = self.ctx.Pipe(duplex=False)   # closed by the parent: stop
         self.scheduler: Any = None
         self.killed: Optional[dict[str, Any]] = None
+        self.lost_workers = 0                                 # exits other than the kill
         # live counts, from tailing the broker's topics
         self.sent = 0
         self.processed: set[str] = set()
@@ -97,14 +99,14 @@ class _Pipeline:
     def start_worker(self, index: int) -> None:
         parent, child = self.ctx.Pipe()
         stall = self.victim if self.killed is None else None
-        p = self.ctx.Process(target=procs.worker, args=(self.path, index, stall, child),
+        p = self.ctx.Process(target=procs.worker, args=(self.path, index, stall, child, self.life_r),
                              name=f"pyqueue-demo-worker-{index}", daemon=True)
         p.start()
         child.close()
         self.workers[index] = (p, parent)
 
     def start(self) -> None:
-        self.scheduler = self.ctx.Process(target=procs.scheduler, args=(self.path, self.sched_stop),
+        self.scheduler = self.ctx.Process(target=procs.scheduler, args=(self.path, self.life_r),
                                           name="pyqueue-demo-scheduler", daemon=True)
         self.scheduler.start()
         for i in range(self.n_workers):
@@ -143,6 +145,15 @@ class _Pipeline:
                             f"to the group", style="bold red")
             self.start_worker(max(self.workers) + 1)
 
+    def _on_worker_exit(self, index: int) -> None:
+        if self.killed is not None and self.killed["worker"] == index:
+            return
+        proc = self.workers[index][0]
+        proc.join()
+        self.view.event(f"worker {index} (pid {proc.pid}) exited unexpectedly (exit code {proc.exitcode})",
+                        style="bold red")
+        self.lost_workers += 1
+
     def _on_producer_message(self, msg: tuple) -> None:
         if msg[0] == "burst":
             self.view.event(f"producer: burst of {msg[1]:,} uploads at full speed", style="yellow")
@@ -171,6 +182,8 @@ class _Pipeline:
                         msg = conn.recv()
                     except EOFError:
                         conn.close()
+                        if conns[conn] != -1:
+                            self._on_worker_exit(conns[conn])
                         continue
                     if conns[conn] == -1:
                         self._on_producer_message(msg)
@@ -221,18 +234,21 @@ class _Pipeline:
                         and self.reports >= 1):
                     return True
                 if time.time() > deadline:
+                    self.view.event("timed out waiting for every upload to be accounted for", style="bold red")
+                    return False
+                if not any(p.is_alive() for p, _c in self.workers.values()):
+                    self.view.event("no worker is left to process the uploads", style="bold red")
                     return False
         finally:
             reporter.close()
 
     def stop(self) -> None:
-        """SIGTERM the workers (run() finishes and acks what it started) and
-        a producer still sending, stop the scheduler; whatever is still
-        alive 30 s later is killed."""
-        for p in [w for w, _c in self.workers.values()] + [self.producer]:
-            if p is not None and p.pid is not None and p.is_alive():
-                p.terminate()
-        self.sched_stop.set()
+        """Close the lifeline (workers finish the upload in hand, ack it and
+        leave; the scheduler stops) and SIGTERM a producer still sending;
+        whatever is still alive 30 s later is killed."""
+        if self.producer is not None and self.producer.is_alive():
+            self.producer.terminate()
+        self.life_w.close()
         for _p, conn in self.workers.values():
             conn.close()                          # wakes a worker stalled on the victim upload
         if self.producer_conn is not None:
@@ -244,6 +260,7 @@ class _Pipeline:
             if p.is_alive():
                 p.kill()
                 p.join()
+        self.life_r.close()
 
 
 def _percentile(sorted_values: list[float], q: float) -> float:
@@ -258,7 +275,8 @@ def _read_all(topic: pyqueue.Topic) -> list[pyqueue.Message]:
 
 
 def summarize(path: str, *, corrupt: str, producer_sent: Optional[int],
-              killed: Optional[dict[str, Any]], finished_in_time: bool) -> dict[str, Any]:
+              killed: Optional[dict[str, Any]], finished_in_time: bool,
+              lost_workers: int = 0) -> dict[str, Any]:
     """The run's account, from the broker directory alone (opened afresh)."""
     with pyqueue.open(path) as broker:
         photos = broker.topic(UPLOADS)
@@ -300,7 +318,9 @@ def summarize(path: str, *, corrupt: str, producer_sent: Optional[int],
 
     problems = []
     if not finished_in_time:
-        problems.append("the run did not finish in time")
+        problems.append("the run did not finish")
+    if lost_workers:
+        problems.append(f"{lost_workers} worker(s) exited unexpectedly")
     if producer_sent is not None and len(sent_ids) != producer_sent:
         problems.append(f"the producer's {producer_sent} returned sends are {len(sent_ids)} uploads in the topic")
     if any(n > 1 for n in originals.values()):
@@ -355,6 +375,9 @@ def run(path: Optional[str] = None, *, uploads: Optional[int] = None, workers: i
         path = tmp.name
     elif os.path.exists(path) and (not os.path.isdir(path) or os.listdir(path)):
         raise ValueError(f"{path} is not an empty directory; the demo needs a new broker")
+    previous: Any = _NOT_SET
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _interrupt)   # clean up as on Ctrl-C
     view = View(uploads, live=live, echo=echo)
     pipeline = _Pipeline(path, uploads, workers, QUICK_RATE if quick else RATE, view)
     try:
@@ -371,14 +394,12 @@ def run(path: Optional[str] = None, *, uploads: Optional[int] = None, workers: i
             try:
                 pipeline.start()
                 finished = pipeline.watch(broker, deadline=time.time() + 60 + uploads / 20)
-                if not finished:
-                    view.event("timed out waiting for every upload to be accounted for", style="bold red")
             finally:
                 pipeline.stop()
                 view.stop()
         summary = summarize(path, corrupt=upload_id(pipeline.corrupt).decode(),
                             producer_sent=pipeline.producer_sent, killed=pipeline.killed,
-                            finished_in_time=finished)
+                            finished_in_time=finished, lost_workers=pipeline.lost_workers)
         if pipeline.killed is not None:
             summary["killed"] = {k: v for k, v in summary["killed"].items() if k != "at"}
         view.summary(summary)
@@ -386,5 +407,14 @@ def run(path: Optional[str] = None, *, uploads: Optional[int] = None, workers: i
             view.event(f"the broker is kept in {path}: try `pyqueue topics --path {path}`")
         return summary
     finally:
+        if previous is not _NOT_SET and previous is not None:
+            signal.signal(signal.SIGTERM, previous)
         if tmp is not None:
             tmp.cleanup()
+
+
+_NOT_SET = object()
+
+
+def _interrupt(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

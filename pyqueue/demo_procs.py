@@ -4,7 +4,10 @@ workers and the scheduler.
 Each function here is the target of a process started with the "spawn" method
 (never a fork of a process holding broker maps and threads); each opens the
 broker itself and talks to the parent over its own Pipe, never over a shared
-multiprocessing.Queue, whose lock a SIGKILLed writer could leave held.
+multiprocessing.Queue, whose lock a SIGKILLed writer could leave held.  The
+workers and the scheduler also hold the read end of a "lifeline" pipe that
+only the parent can write: they stop when it closes, so that they end with
+the parent even if the parent is killed.
 
 A photo is a small binary file of our own: a fixed header, a payload that
 compresses like image data, and a CRC-32 of the payload.  "Resizing" it is
@@ -21,6 +24,7 @@ import os
 import random
 import signal
 import struct
+import threading
 import time
 import zlib
 from multiprocessing.connection import Connection
@@ -115,35 +119,48 @@ def producer(path: str, uploads: int, rate: float, corrupt: int, seed: int, conn
         topic = broker.topic(UPLOADS)
         next_at = time.monotonic()
         sent = 0
-        for i in range(uploads):
-            photo = make_photo(rng, corrupt=i == corrupt)
-            if i == burst.start:
-                conn.send(("burst", len(burst)))
-            elif i == burst.stop:
-                conn.send(("burst-end", sent))
-            if i in burst:
-                next_at = time.monotonic()
-            else:
-                next_at += 1.0 / rate
-                pause = next_at - time.monotonic()
-                if pause > 0:
-                    time.sleep(pause)                 # pacing the uploads, not waiting for anything
-            topic.send(photo, key=b"user-%d" % rng.randrange(100),
-                       headers={"upload-id": upload_id(i), "sent-ns": str(time.time_ns()).encode()})
-            sent += 1
-        conn.send(("sent", sent))
+        try:
+            for i in range(uploads):
+                photo = make_photo(rng, corrupt=i == corrupt)
+                if i == burst.start:
+                    conn.send(("burst", len(burst)))
+                elif i == burst.stop:
+                    conn.send(("burst-end", sent))
+                if i in burst:
+                    next_at = time.monotonic()
+                else:
+                    next_at += 1.0 / rate
+                    pause = next_at - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)             # pacing the uploads, not waiting for anything
+                topic.send(photo, key=b"user-%d" % rng.randrange(100),
+                           headers={"upload-id": upload_id(i), "sent-ns": str(time.time_ns()).encode()})
+                sent += 1
+            conn.send(("sent", sent))
+        except BrokenPipeError:
+            return                                    # the parent is gone: so is the demo
 
 
-def worker(path: str, index: int, stall_on: Optional[bytes], conn: Connection) -> None:
+def _wait_closed(lifeline: Connection) -> None:
+    """Return once the parent has closed its end of the lifeline, or died:
+    it never writes to it, so end of file is the only way out."""
+    try:
+        while True:
+            lifeline.recv()
+    except EOFError:
+        pass
+
+
+def worker(path: str, index: int, stall_on: Optional[bytes], conn: Connection, lifeline: Connection) -> None:
     """A member of the "resize" queue-mode group: validate and resize each
     upload, record the result in photos.done, return (run() acks).  A corrupt
     photo raises: retried with backoff, dead-lettered after MAX_DELIVERIES.
+    Stops, finishing the upload in hand, when the lifeline closes or on SIGTERM.
 
     stall_on: on its first delivery, this upload makes the worker tell the
     parent it holds the lease and then wait, so that the parent kills it
-    with SIGKILL at a known moment; the upload goes to another worker.
-    Stops on SIGTERM (or Ctrl-C), finishing the upload in hand."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)      # until run() installs its handlers
+    with SIGKILL at a known moment; the upload goes to another worker."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle, until run()
     with pyqueue.open(path) as broker:
         done = broker.topic(DONE)
         consumer = broker.topic(UPLOADS).consumer(
@@ -161,20 +178,28 @@ def worker(path: str, index: int, stall_on: Optional[bytes], conn: Connection) -
                           delivery=msg.delivery_count, sent_ns=int(msg.headers["sent-ns"]))
             done.send(json.dumps(result).encode(), key=uid)
 
+        def stop_when_closed() -> None:
+            # SIGTERM rather than consumer.stop(): a stop() that comes before
+            # run() has started is not remembered, while a SIGTERM then ends
+            # the process (holding nothing yet) and one during run() makes it
+            # finish the upload in hand and return.
+            _wait_closed(lifeline)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+        threading.Thread(target=stop_when_closed, name="lifeline", daemon=True).start()
         conn.send(("ready", os.getpid()))
         try:
-            consumer.run(handle)       # until SIGTERM: handlers that started finish
+            consumer.run(handle)       # SIGTERM: finish the upload in hand, ack it, return
         finally:
             consumer.close()
 
 
-def scheduler(path: str, stop: Any) -> None:
+def scheduler(path: str, lifeline: Connection) -> None:
     """Run the broker's scheduler (the active one: nobody else runs one)
-    until the parent sets `stop`."""
+    until the lifeline closes."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     with pyqueue.open(path) as broker:
         s = broker.scheduler()
         s.start()
-        stop.wait()
+        _wait_closed(lifeline)
         s.stop()
-

@@ -4,6 +4,8 @@ the demo's JSON summary and again from the broker directory it leaves."""
 
 import json
 import os
+import select
+import signal
 import subprocess
 import sys
 
@@ -71,6 +73,80 @@ def test_demo_without_path_cleans_up_and_prints_lines(tmp_path):
         assert line in out.stdout
     assert "\x1b[" not in out.stdout                        # plain lines when not on a terminal
     assert os.listdir(tmp_path) == []                       # the temporary broker is gone
+
+
+def _session(sid):
+    """Pids of the processes in session `sid` (from /proc)."""
+    pids = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue                      # exited meanwhile
+            if int(fields[3]) == sid and fields[0] != "Z":
+                pids.append(int(name))
+    return pids
+
+
+def _start_demo(tmp_path, *args):
+    """The demo in a session of its own; returns once its producer started."""
+    proc = subprocess.Popen([sys.executable, "-m", "pyqueue.cli", "demo", *args],
+                            env=child_env({"TMPDIR": str(tmp_path)}), cwd=CHILD_CWD,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if line.startswith("producer:"):
+            return proc, lines
+    proc.wait()
+    raise AssertionError("the demo ended before its producer started:\n" + "".join(lines))
+
+
+def _wait_exited(pids, timeout=60):
+    """Wait until every process in `pids` has exited (a pidfd becomes
+    readable when its process exits); AssertionError after `timeout` s."""
+    fds = {}
+    for pid in pids:
+        try:
+            fds[os.pidfd_open(pid)] = pid
+        except ProcessLookupError:
+            pass                              # gone already
+    try:
+        while fds:
+            ready, _, _ = select.select(list(fds), [], [], timeout)
+            assert ready, f"still running {timeout} s later: {sorted(fds.values())}"
+            for fd in ready:
+                os.close(fd)
+                del fds[fd]
+    finally:
+        for fd in fds:
+            os.close(fd)
+
+
+def test_sigterm_stops_the_demo_and_its_processes(tmp_path):
+    proc, _ = _start_demo(tmp_path)
+    children = [p for p in _session(proc.pid) if p != proc.pid]
+    assert len(children) >= 5                 # producer, scheduler, 3 workers (and multiprocessing's tracker)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.stdout.read()
+    assert proc.wait(timeout=60) != 0, out
+    assert "Aborted" in out
+    assert os.listdir(tmp_path) == []         # the temporary broker is gone
+    _wait_exited(children)
+
+
+def test_children_end_when_the_demo_is_killed(tmp_path):
+    """SIGKILL the demo itself: its workers and scheduler see their lifeline
+    close and leave, its producer stops at its next word to the parent."""
+    proc, _ = _start_demo(tmp_path, "--quick")
+    children = [p for p in _session(proc.pid) if p != proc.pid]
+    assert len(children) >= 5
+    proc.kill()
+    proc.wait()
+    _wait_exited(children)
 
 
 def test_summary_that_does_not_add_up_fails(tmp_path):
