@@ -31,6 +31,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from datetime import datetime
 from multiprocessing.connection import Connection, wait
 from typing import Any, Callable, Optional
 
@@ -167,66 +168,23 @@ class _Pipeline:
     def watch(self, broker: pyqueue.Broker, deadline: float) -> bool:
         """Show progress until every upload is accounted for, the killed
         worker's upload was redelivered and a report fired; False if
-        `deadline` (time.time()) came first."""
-        uploads, done, dead = (_Tail(broker.topic(t)) for t in (UPLOADS, DONE, DEAD))
+        `deadline` (time.time()) came first or no worker is left."""
+        tails = {t: _Tail(broker.topic(t)) for t in (UPLOADS, DONE, DEAD)}
         photos = broker.topic(UPLOADS)
         reporter = broker.topic(REPORTS).consumer("reporter", mode="queue")
-        last_report = (time.time(), 0)
+        self._last_report = (time.time(), 0)
         try:
             while True:
-                conns = {conn: i for i, (p, conn) in self.workers.items() if not conn.closed}
-                if self.producer_conn is not None and not self.producer_conn.closed:
-                    conns[self.producer_conn] = -1
-                for conn in wait(list(conns), timeout=_TICK):
-                    try:
-                        msg = conn.recv()
-                    except EOFError:
-                        conn.close()
-                        if conns[conn] != -1:
-                            self._on_worker_exit(conns[conn])
-                        continue
-                    if conns[conn] == -1:
-                        self._on_producer_message(msg)
-                    else:
-                        self._on_worker_message(conns[conn], msg)
-                for m in uploads.new():
-                    if "x-original-offset" not in m.headers:
-                        self.sent += 1
-                    else:
-                        self.view.event(f"{m.headers['upload-id'].decode()} failed on delivery "
-                                        f"{int(m.headers['x-delivery-count'])}: retry after backoff",
-                                        style="yellow")
-                for m in done.new():
-                    r = json.loads(m.value)
-                    if r["delivery"] > 1 and r["id"] not in self.redelivered:
-                        self.redelivered.add(r["id"])
-                        after = f", {m.timestamp - self.killed['at']:.2f} s after the kill" \
-                            if self.killed and r["id"] == self.killed["upload"] else ""
-                        self.view.event(f"{r['id']} redelivered: processed by worker {r['worker']} "
-                                        f"on delivery {r['delivery']}{after}", style="green")
-                    self.processed.add(r["id"])
-                for m in dead.new():
-                    uid = m.headers["upload-id"].decode()
-                    self.dead.add(uid)
-                    self.view.event(f"{uid} dead-lettered to '{DEAD}' after "
-                                    f"{m.headers['x-delivery-count'].decode()} deliveries: "
-                                    f"{m.headers['x-error'].decode()}", style="red")
+                self._read_pipes()                # waits up to _TICK for a word from a child
+                self._read_topics(tails)
                 for m in reporter.poll_batch(10, timeout=0):
-                    self.reports += 1
-                    now, n = time.time(), len(self.processed)
-                    rate = (n - last_report[1]) / max(1e-9, now - last_report[0])
-                    last_report = (now, n)
-                    self.view.event(f"report {self.reports} (scheduled for "
-                                    f"{m.headers['x-scheduled-for'].decode()[11:19]}): "
-                                    f"{self.sent:,} sent, {n:,} processed, {len(self.dead)} dead-lettered, "
-                                    f"{rate:,.0f} uploads/s since the last report", style="cyan")
+                    self._report(m)
                     m.ack()
-                group = photos.stats()["groups"][GROUP]
+                in_flight = photos.stats()["groups"][GROUP]["in_flight"]
                 finished = len(self.processed | self.dead)
                 self.view.update({
                     "sent": self.sent, "processed": len(self.processed), "dead": len(self.dead),
-                    "in_flight": group["in_flight"],
-                    "queued": max(0, self.sent - finished - group["in_flight"]),
+                    "in_flight": in_flight, "queued": max(0, self.sent - finished - in_flight),
                     "redelivered": len(self.redelivered), "reports": self.reports,
                     "workers": sum(p.is_alive() for p, _c in self.workers.values())})
                 if (self.producer_sent is not None and finished >= self.producer_sent
@@ -241,6 +199,57 @@ class _Pipeline:
                     return False
         finally:
             reporter.close()
+
+    def _read_pipes(self) -> None:
+        conns = {conn: i for i, (_p, conn) in self.workers.items() if not conn.closed}
+        if self.producer_conn is not None and not self.producer_conn.closed:
+            conns[self.producer_conn] = -1
+        for conn in wait(list(conns), timeout=_TICK):
+            try:
+                msg = conn.recv()
+            except EOFError:
+                conn.close()
+                if conns[conn] != -1:
+                    self._on_worker_exit(conns[conn])
+                continue
+            if conns[conn] == -1:
+                self._on_producer_message(msg)
+            else:
+                self._on_worker_message(conns[conn], msg)
+
+    def _read_topics(self, tails: dict[str, _Tail]) -> None:
+        for m in tails[UPLOADS].new():
+            if "x-original-offset" not in m.headers:
+                self.sent += 1
+            else:                                 # a failed delivery, appended again to wait out its backoff
+                self.view.event(f"{m.headers['upload-id'].decode()} failed on delivery "
+                                f"{int(m.headers['x-delivery-count'])}: retry after backoff", style="yellow")
+        for m in tails[DONE].new():
+            r = json.loads(m.value)
+            if r["delivery"] > 1 and r["id"] not in self.redelivered:
+                self.redelivered.add(r["id"])
+                after = ""
+                if self.killed and r["id"] == self.killed["upload"]:
+                    after = f", {m.timestamp - self.killed['at']:.2f} s after the kill"
+                self.view.event(f"{r['id']} redelivered: processed by worker {r['worker']} "
+                                f"on delivery {r['delivery']}{after}", style="green")
+            self.processed.add(r["id"])
+        for m in tails[DEAD].new():
+            uid = m.headers["upload-id"].decode()
+            self.dead.add(uid)
+            self.view.event(f"{uid} dead-lettered to '{DEAD}' after {m.headers['x-delivery-count'].decode()} "
+                            f"deliveries: {m.headers['x-error'].decode()}", style="red")
+
+    def _report(self, m: pyqueue.Message) -> None:
+        """The report job: a progress line for each fire of the schedule."""
+        self.reports += 1
+        now, n = time.time(), len(self.processed)
+        rate = (n - self._last_report[1]) / max(1e-9, now - self._last_report[0])
+        self._last_report = (now, n)
+        due = datetime.fromisoformat(m.headers["x-scheduled-for"].decode()).astimezone()
+        self.view.event(f"report {self.reports} (due {due:%H:%M:%S}): {self.sent:,} sent, {n:,} processed, "
+                        f"{len(self.dead)} dead-lettered, {rate:,.0f} uploads/s since the last report",
+                        style="cyan")
 
     def stop(self) -> None:
         """Close the lifeline (workers finish the upload in hand, ack it and

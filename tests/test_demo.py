@@ -69,7 +69,7 @@ def test_demo_without_path_cleans_up_and_prints_lines(tmp_path):
     assert s["ok"], s["problems"]
     assert set(s["by_worker"]) == {"0", "1", "2"}           # two workers and the replacement
     for line in ("killed with SIGKILL while holding", "dead-lettered to 'photos.dlq' after 3 deliveries",
-                 "redelivered: processed by worker", "report 1 (scheduled for"):
+                 "redelivered: processed by worker", "report 1 (due "):
         assert line in out.stdout
     assert "\x1b[" not in out.stdout                        # plain lines when not on a terminal
     assert os.listdir(tmp_path) == []                       # the temporary broker is gone
