@@ -312,8 +312,9 @@ def summarize(path: str, *, corrupt: str, producer_sent: Optional[int],
     sent_ids, done_ids, dead_ids = set(originals), set(results), {d["id"] for d in dead}
     first = {uid: rs[0] for uid, rs in results.items()}            # in offset order: the first record
     latencies = sorted((ts - sent_at[uid]) * 1000 for uid, (r, ts) in first.items() if uid in sent_at)
+    latest = {uid: max((r for r, _ts in rs), key=lambda r: r["delivery"]) for uid, rs in results.items()}
     redeliveries = sorted(({"id": uid, "delivery": r["delivery"], "worker": r["worker"]}
-                           for uid, (r, _ts) in first.items() if r["delivery"] > 1), key=lambda d: d["id"])
+                           for uid, r in latest.items() if r["delivery"] > 1), key=lambda d: d["id"])
     by_worker = Counter(str(r["worker"]) for r, _ts in first.values())
     done_at = sorted(ts for _r, ts in first.values())
     span = done_at[-1] - min(sent_at.values()) if done_at and sent_at else 0.0
@@ -344,7 +345,7 @@ def summarize(path: str, *, corrupt: str, producer_sent: Optional[int],
         problems.append(f"expected exactly {corrupt} dead-lettered, got {[d['id'] for d in dead]}")
     if killed is None:
         problems.append("no worker was killed")
-    elif killed["upload"] not in first or first[killed["upload"]][0]["delivery"] < 2:
+    elif killed["upload"] not in latest or latest[killed["upload"]]["delivery"] < 2:
         problems.append(f"{killed['upload']}, held by the killed worker, was not redelivered")
     if reports < 1:
         problems.append("no report fired")

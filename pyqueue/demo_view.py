@@ -99,6 +99,7 @@ class View:
 
 
 def summary_lines(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """(label, text) rows of the summary, for either output."""
     lat = s["latency_ms"]
     killed = s["killed"]
     dead = ", ".join(f"{d['id']} after {d['deliveries']} deliveries ({d['error']})" for d in s["dead_letters"])
@@ -109,9 +110,11 @@ def summary_lines(s: dict[str, Any]) -> list[tuple[str, str]]:
     workers = ", ".join(f"w{w}: {n:,}" + (" (killed)" if killed and w == str(killed["worker"]) else "")
                         for w, n in sorted(s["by_worker"].items(), key=lambda kv: int(kv[0])))
     rows = [
-        ("uploads sent", f"{s['sent']:,} (the producer's returned sends: {s['producer_sent']:,})"),
+        ("uploads sent", f"{s['sent']:,} (the producer's returned sends: "
+                         f"{'unknown' if s['producer_sent'] is None else format(s['producer_sent'], ',')})"),
         ("processed", f"{s['processed']:,} distinct uploads"
-                      + (f"; {s['duplicates']} processed twice (at least once)" if s["duplicates"] else "")),
+                      + (f"; {s['duplicates']} extra results of uploads processed again (at-least-once "
+                         f"delivery)" if s["duplicates"] else "")),
         ("dead-lettered", f"{s['dead_lettered']:,}" + (f": {dead}" if dead else "")),
         ("adds up", f"{s['processed']:,} processed + {s['dead_lettered']:,} dead-lettered "
                     f"{'=' if s['processed'] + s['dead_lettered'] == s['sent'] else '!='} {s['sent']:,} sent"),
