@@ -22,13 +22,26 @@ def main(path: Optional[str]) -> None:
 
 @main.command()
 @click.option("--path", type=click.Path(file_okay=False), default=None,
-              help="Broker directory to use (default: a temporary one, removed afterwards).")
-@click.option("--messages", type=click.IntRange(1, 10_000_000), default=20_000, show_default=True)
-def demo(path: Optional[str], messages: int) -> None:
-    """Produce and consume through two processes, then survive a SIGKILL."""
+              help="A new or empty broker directory, kept afterwards (default: a temporary one, removed).")
+@click.option("--uploads", type=click.IntRange(20, 1_000_000), default=None,
+              help="Photos to upload  [default: 2500, or 300 with --quick]")
+@click.option("--workers", type=click.IntRange(2, 32), default=3, show_default=True,
+              help="Worker processes in the queue-mode group (one of them is killed).")
+@click.option("--quick", is_flag=True, help="A short run of a few seconds.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON line at the end.")
+def demo(path: Optional[str], uploads: Optional[int], workers: int, quick: bool, as_json: bool) -> None:
+    """A photo-upload pipeline: a producer with a burst, a pool of worker
+    processes, a corrupt photo dead-lettered, a worker killed mid-flight and
+    its upload redelivered, a recurring report; then a summary that must add up."""
+    import json
     from pyqueue import demo as demo_mod
-    summary = demo_mod.run(path, messages, echo=click.echo)
-    if summary["lost_after_kill"]:
+    try:
+        summary = demo_mod.run(path, uploads=uploads, workers=workers, quick=quick, echo=click.echo)
+    except ValueError as e:
+        raise click.ClickException(str(e)) from e
+    if as_json:
+        click.echo(json.dumps(summary))
+    if not summary["ok"]:
         sys.exit(1)
 
 
