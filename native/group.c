@@ -876,6 +876,27 @@ int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
     return rc;
 }
 
+int pq_group_release(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
+{
+    gpart_t *part;
+    int rc = lock_part(g, p, &part);
+    if (rc)
+        return rc;
+    entry_t *e = find_delivery(g, part, p, offset, lease_id, &rc);
+    if (e) {
+        leave_state(part, e);
+        e->state = E_READY;
+        part->n_ready++;
+        e->lease_id = 0;
+        if (e->deliveries > 0)
+            e->deliveries--;
+    }
+    unlock_part(part);
+    if (e)
+        wake(g);
+    return rc;
+}
+
 int pq_group_extend(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id, int64_t now_ns,
                     int64_t extend_ns)
 {

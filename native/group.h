@@ -129,6 +129,11 @@ int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id);
 int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
                   int64_t now_ns, int64_t delay_ns);
 
+/* Queue mode: give back a delivery that was never handed to a handler (a
+ * consumer stopping): ready again at once, and it does not count as a
+ * delivery. */
+int pq_group_release(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id);
+
 /* Queue mode: set the lease deadline to now_ns + extend_ns. */
 int pq_group_extend(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
                     int64_t now_ns, int64_t extend_ns);

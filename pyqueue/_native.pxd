@@ -157,6 +157,7 @@ cdef extern from "group.h" nogil:
                        int64_t visibility_ns, int ordered, pq_lease_t *out, size_t max,
                        int64_t *next_due_ns)
     int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
+    int pq_group_release(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
     int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
                       int64_t now_ns, int64_t delay_ns)
     int pq_group_extend(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,

@@ -927,6 +927,15 @@ cdef class Group:
         self._busy -= 1
         _check(rc)
 
+    def release(self, uint32_t p, uint64_t offset, uint64_t lease_id):
+        """Give back a delivery never handed to a handler: not counted."""
+        cdef int rc
+        self._enter()
+        with nogil:
+            rc = pq_group_release(self._g, p, offset, lease_id)
+        self._busy -= 1
+        _check(rc)
+
     def extend(self, uint32_t p, uint64_t offset, uint64_t lease_id, double seconds):
         cdef int rc
         self._enter()

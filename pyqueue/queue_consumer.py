@@ -54,6 +54,7 @@ class QueueConsumer(Consumer):
         self.backoff = backoff
         self.dead_letter = dead_letter
         self._runner: Any = None
+        self._stop_requested = False
         self.visibility_timeout = positive("visibility_timeout", visibility_timeout, maximum=43200)
         if type(max_in_flight) is not int:
             raise TypeError("max_in_flight must be int")
@@ -173,9 +174,17 @@ class QueueConsumer(Consumer):
         return run(self, handler, concurrency, install_signal_handlers)
 
     def stop(self) -> None:
-        """Ask a running run() loop to finish (from a handler or another thread)."""
-        if self._runner is not None:
-            self._runner.stop()
+        """Ask run() to finish (from a handler, a signal or another thread); a
+        stop() before run() starts makes that run() return at once."""
+        self._stop_requested = True
+        runner = self._runner
+        if runner is not None:
+            runner.stop()
+
+    def _give_back(self, m: Message) -> None:
+        """Give back a message never handed to a handler (run() stopping):
+        deliverable again at once, and not counted as a delivery."""
+        self._state.release(m.partition, m.offset, m._lease_id)
 
     def _extend(self, m: Message, seconds: float) -> None:
         self._state.extend(m.partition, m.offset, m._lease_id,

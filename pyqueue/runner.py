@@ -100,7 +100,7 @@ class Runner:
     def _release(self, msgs: list[Message]) -> None:
         for m in msgs:
             try:
-                m.nack()
+                self.consumer._give_back(m)
             except (LeaseLost, Closed):
                 pass
 
@@ -114,7 +114,10 @@ def run(consumer: "QueueConsumer", handler: Callable[[Message], Any], concurrenc
         raise ConfigError(f"concurrency={concurrency!r} must be an int in 1..1024")
     r = Runner(consumer, handler, concurrency, install_signal_handlers)
     consumer._runner = r
+    if consumer._stop_requested:           # stop() came before run(): set first, then read
+        r.stop()
     try:
         return r.run()
     finally:
         consumer._runner = None
+        consumer._stop_requested = False

@@ -322,3 +322,43 @@ def test_run_stops_cleanly_on_sigterm(tmp_path):
     assert rest.strip().splitlines()[-1] == "stopped 10"
     with pyqueue.open(path) as b:                          # everything handled was acked
         assert b.topic("t").consumer("w", mode="queue").lag() == {0: 0}
+
+
+def test_stop_before_run_makes_run_return(broker):
+    t = broker.topic("t")
+    w = t.consumer("w", mode="queue")
+    w.stop()
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (w.run(lambda m: None, install_signal_handlers=False), done.set()))
+    runner.start()
+    assert done.wait(10), "run() missed a stop() that came before it"
+    runner.join()
+    t.send(b"x")                                           # the request is spent: the next run() runs
+    handled = []
+
+    def handle(m):
+        handled.append(m.value)
+        w.stop()
+    assert w.run(handle, install_signal_handlers=False) == 1 and handled == [b"x"]
+
+
+def test_messages_released_by_a_stopping_run_are_not_counted(broker, monkeypatch):
+    # run() leased a message, then a stop came before the handler got it: the
+    # message goes back unprocessed, so it must neither use up a delivery nor
+    # be dead-lettered, even at max_deliveries=1.
+    t = broker.topic("t")
+    t.send(b"x")
+    w = t.consumer("w", mode="queue", max_deliveries=1, dead_letter="t.dlq")
+    poll_batch = w.poll_batch
+
+    def poll_then_stop(n, timeout=None):
+        msgs = poll_batch(n, timeout)
+        w.stop()
+        return msgs
+    monkeypatch.setattr(w, "poll_batch", poll_then_stop)
+    assert w.run(lambda m: None, install_signal_handlers=False) == 0
+    monkeypatch.undo()
+    again = w.poll(timeout=1)
+    assert again is not None and again.value == b"x" and again.delivery_count == 1
+    again.ack()
+    assert "t.dlq" not in broker.topics() or broker.topic("t.dlq").offsets(0) == (0, 0)

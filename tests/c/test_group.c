@@ -328,6 +328,16 @@ static void test_queue_lease_ack_nack_extend(void)
     CHECK_EQ(l[0].deliveries, 2);
     CHECK(l[0].lease_id != old1.lease_id);
 
+    /* release: back at once, not counted; its id is stale afterwards. */
+    pq_lease_t given = l[0];
+    CHECK_OK(pq_group_release(g, 0, 1, given.lease_id));
+    CHECK_RC(pq_group_release(g, 0, 1, given.lease_id), -PQ_ELEASE);
+    CHECK_RC(pq_group_ack(g, 0, 1, given.lease_id), -PQ_ELEASE);
+    check_counts(g, 0);
+    CHECK_EQ(lease(g, log, T0, 0, l, 1, NULL), 1);
+    CHECK_EQ(l[0].offset, 1);
+    CHECK_EQ(l[0].deliveries, 2);
+
     /* extend moves the deadline: still ours at T0 + 15 s, gone at T0 + 31 s. */
     CHECK_OK(pq_group_extend(g, 0, 1, l[0].lease_id, T0, 30 * SEC));
     pq_lease_t m[8];
