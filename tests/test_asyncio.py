@@ -87,11 +87,15 @@ def test_apoll_is_woken_by_another_process(broker_path, children, mode):
             assert await c.apoll(timeout=0) is None
             task = await started(c.apoll())
             assert not task.done() and topic._waker().waiting() == 1
-            generation = topic._waker()._generation
+            waker = topic._waker()
+            generation = waker._generation
             producer.send("go\n")
             msg = await task
             assert msg.value == b"m0" and msg.delivery_count == 1
-            assert topic._waker()._generation > generation   # woken by the word, not a timer
+            # The append moved the shared word, which the waker thread saw (the
+            # poll may have been first to look, at its upkeep timer).
+            await waker.wait(generation, 60)
+            assert waker._generation > generation
             msg.ack()
             c.close()
         assert producer.wait() == 0, producer.describe()
