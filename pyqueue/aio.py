@@ -57,7 +57,7 @@ def _wake(fut: "asyncio.Future[None]") -> None:
 
 class TopicWaker:
     """One thread that sleeps on a topic's wake-up word for this process's
-    coroutines.  prepare() and wait() are called from event loops; stop()
+    coroutines.  arm() and wait() are called from event loops; stop()
     from whoever closes the topic, before the word is unmapped."""
 
     def __init__(self, notify: Notify, name: str) -> None:
@@ -71,7 +71,7 @@ class TopicWaker:
         self._thread = threading.Thread(target=self._run, name=f"pyqueue-aio-{name}", daemon=True)
         self._thread.start()
 
-    def prepare(self) -> int:
+    def arm(self) -> int:
         """The current generation, with the word armed for it: look for work
         after this, then wait(generation) if there was none.  Raises Closed
         once stop() has begun."""
@@ -83,6 +83,11 @@ class TopicWaker:
                 self._armed = True
                 self._cond.notify()
             return self._generation
+
+    def disarm(self) -> None:
+        """Nothing: an arm is the thread's to undo (its sleep ends at the
+        next move of the word).  Here so that Consumer._poll_step takes a
+        TopicWaker where it takes a Notify."""
 
     async def wait(self, generation: int, timeout: Optional[float]) -> None:
         """Return once the word moved after `generation` was read, or after
@@ -160,14 +165,10 @@ async def apoll_batch(consumer: "Consumer", n: int, timeout: Optional[float]) ->
     waker = consumer.topic._waker()
     while True:
         with consumer._lock:         # held only for the look: no await inside
-            msgs, generation, sleep = consumer._poll_step(n, deadline, waker.prepare, _nothing)
+            msgs, generation, sleep = consumer._poll_step(n, deadline, waker)
         if msgs is not None:
             return msgs
         await waker.wait(generation, sleep)
-
-
-def _nothing() -> None:
-    """A waker's arm is the thread's to undo."""
 
 
 async def aiterate(consumer: "Consumer") -> AsyncIterator[Message]:
@@ -216,7 +217,7 @@ async def _room(topic: "Topic", deadline: Optional[float], timeout: Optional[flo
     waker = topic._waker()
     bp = topic._backpressure
     while True:
-        generation = waker.prepare()
+        generation = waker.arm()
         depth = bp.depth()
         if depth < bp.max_depth:
             return

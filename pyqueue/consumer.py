@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Optional
 
 from pyqueue._native import Group, Message
 from pyqueue.errors import MemberFenced
@@ -128,7 +128,7 @@ class Consumer:
         notify = self.topic.notify
         with self._lock:
             while True:
-                msgs, seq, sleep = self._poll_step(n, deadline, notify.arm, notify.disarm)
+                msgs, seq, sleep = self._poll_step(n, deadline, notify)
                 if msgs is not None:
                     return msgs
                 notify.sleep(seq, sleep)
@@ -143,17 +143,18 @@ class Consumer:
             timeout = positive("timeout", timeout, allow_zero=True)
         return None if timeout is None else time.monotonic() + timeout
 
-    def _poll_step(self, n: int, deadline: Optional[float], arm: Callable[[], int],
-                   disarm: Callable[[], None]) -> tuple[Optional[list[Message]], int, float]:
+    def _poll_step(self, n: int, deadline: Optional[float],
+                   waker: Any) -> tuple[Optional[list[Message]], int, float]:
         """One look for messages; the caller holds self._lock.
 
         Returns (messages, 0, 0.0) when there are some, ([], 0, 0.0) once the
-        deadline has passed, else (None, token, seconds): `arm()` returned
-        `token` before the last look, so the caller sleeps on that token for
-        at most `seconds` (the next maintenance, the deadline, or when a
-        delayed or leased message falls due) and then calls this again.
-        `disarm()` undoes an arm that is not slept on; the sleep undoes it
-        otherwise."""
+        deadline has passed, else (None, token, seconds): `waker.arm()`
+        returned `token` before the last look, so the caller sleeps on that
+        token for at most `seconds` (the next maintenance, the deadline, or
+        when a delayed or leased message falls due) and then calls this
+        again.  `waker` is the topic's Notify (the caller sleeps on it) or
+        its asyncio TopicWaker; `waker.disarm()` undoes an arm that is not
+        slept on."""
         self._check_open()
         self._maintain()
         msgs, due = self._fetch(n)
@@ -163,14 +164,14 @@ class Consumer:
         if deadline is not None and now >= deadline:
             return [], 0, 0.0
         # Arm, then look again: an append between the two is not lost.
-        token = arm()
+        token = waker.arm()
         try:
             msgs, due = self._fetch(n)
         except BaseException:
-            disarm()                 # a sleeper counted forever would cost every append a syscall
+            waker.disarm()           # a sleeper counted forever would cost every append a syscall
             raise
         if msgs:
-            disarm()
+            waker.disarm()
             return self._deliver(msgs), 0, 0.0
         sleep = _MAINTENANCE
         if deadline is not None:
