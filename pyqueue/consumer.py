@@ -12,7 +12,7 @@ import math
 import os
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, AsyncIterator, Iterator, Optional
 
 from pyqueue._native import Group, Message
 from pyqueue.errors import MemberFenced
@@ -124,40 +124,61 @@ class Consumer:
 
     def poll_batch(self, n: int, timeout: Optional[float] = None) -> list[Message]:
         """Up to n messages; waits up to `timeout` for at least one."""
+        deadline = self._poll_deadline(n, timeout)
+        notify = self.topic.notify
+        with self._lock:
+            while True:
+                msgs, seq, sleep = self._poll_step(n, deadline, notify)
+                if msgs is not None:
+                    return msgs
+                notify.sleep(seq, sleep)
+
+    def _poll_deadline(self, n: int, timeout: Optional[float]) -> Optional[float]:
+        """Check poll_batch's arguments; the monotonic deadline or None."""
         if type(n) is not int:
             raise TypeError(f"n must be int, not {type(n).__name__}")
         if n < 1:
             raise ConfigError(f"n={n} must be at least 1")
         if timeout is not None:
             timeout = positive("timeout", timeout, allow_zero=True)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        notify = self.topic.notify
-        with self._lock:
-            while True:
-                self._check_open()
-                self._maintain()
-                msgs, due = self._fetch(n)
-                if msgs:
-                    return self._deliver(msgs)
-                now = time.monotonic()
-                if deadline is not None and now >= deadline:
-                    return []
-                # Arm, then look again: an append between the two is not lost.
-                seq = notify.arm()
-                try:
-                    msgs, due = self._fetch(n)
-                except BaseException:
-                    notify.disarm()          # a sleeper counted forever would cost every append a syscall
-                    raise
-                if msgs:
-                    notify.disarm()
-                    return self._deliver(msgs)
-                sleep = _MAINTENANCE
-                if deadline is not None:
-                    sleep = min(sleep, deadline - now)
-                if due is not None:
-                    sleep = min(sleep, max(0.0, due - time.time()) + 0.0005)
-                notify.sleep(seq, max(0.0, sleep))
+        return None if timeout is None else time.monotonic() + timeout
+
+    def _poll_step(self, n: int, deadline: Optional[float],
+                   waker: Any) -> tuple[Optional[list[Message]], int, float]:
+        """One look for messages; the caller holds self._lock.
+
+        Returns (messages, 0, 0.0) when there are some, ([], 0, 0.0) once the
+        deadline has passed, else (None, token, seconds): `waker.arm()`
+        returned `token` before the last look, so the caller sleeps on that
+        token for at most `seconds` (the next maintenance, the deadline, or
+        when a delayed or leased message falls due) and then calls this
+        again.  `waker` is the topic's Notify (the caller sleeps on it) or
+        its asyncio TopicWaker; `waker.disarm()` undoes an arm that is not
+        slept on."""
+        self._check_open()
+        self._maintain()
+        msgs, due = self._fetch(n)
+        if msgs:
+            return self._deliver(msgs), 0, 0.0
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return [], 0, 0.0
+        # Arm, then look again: an append between the two is not lost.
+        token = waker.arm()
+        try:
+            msgs, due = self._fetch(n)
+        except BaseException:
+            waker.disarm()           # a sleeper counted forever would cost every append a syscall
+            raise
+        if msgs:
+            waker.disarm()
+            return self._deliver(msgs), 0, 0.0
+        sleep = _MAINTENANCE
+        if deadline is not None:
+            sleep = min(sleep, deadline - now)
+        if due is not None:
+            sleep = min(sleep, max(0.0, due - time.time()) + 0.0005)
+        return None, token, max(0.0, sleep)
 
     def _deliver(self, msgs: list[Message]) -> list[Message]:
         if self.auto_ack:
@@ -178,6 +199,34 @@ class Consumer:
                 return
             if m is not None:
                 yield m
+
+    # -- asyncio (pyqueue/aio.py) --
+
+    async def apoll(self, timeout: Optional[float] = None) -> Optional[Message]:
+        """poll() for asyncio: the next message, or None after `timeout`
+        seconds (None: no limit).  The event loop keeps running while it
+        waits; an append from any process wakes it.  Cancelling it while it
+        waits leases and reads nothing."""
+        from pyqueue.aio import apoll_batch
+        msgs = await apoll_batch(self, 1, timeout)
+        return msgs[0] if msgs else None
+
+    async def apoll_batch(self, n: int, timeout: Optional[float] = None) -> list[Message]:
+        """poll_batch() for asyncio: up to n messages; waits up to `timeout`
+        for at least one."""
+        from pyqueue.aio import apoll_batch
+        return await apoll_batch(self, n, timeout)
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        """`async for msg in consumer`: every message until close()."""
+        from pyqueue.aio import aiterate
+        return aiterate(self)
+
+    async def __aenter__(self) -> "Consumer":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.close()
 
     # -- acks (called by Message.ack/nack/extend) --
 

@@ -19,6 +19,7 @@ from pyqueue.errors import Closed, ConfigError, CorruptionError, PartitionOutOfR
 from pyqueue.record_batch import RecordBatch
 
 if TYPE_CHECKING:
+    from pyqueue.aio import TopicWaker
     from pyqueue.broker import Broker
     from pyqueue.consumer import Consumer
     from pyqueue.queue_consumer import QueueConsumer
@@ -57,6 +58,7 @@ class Topic:
         self._dedup: Optional[Dedup] = None
         self._max_depth = config.max_depth
         self._backpressure = Backpressure(self)
+        self._aio_waker: Optional["TopicWaker"] = None
         self.notify = Notify(os.path.join(path, "notify"))
         try:
             for p in range(config.partitions):
@@ -125,9 +127,22 @@ class Topic:
             log.sync(receipt.offset + 1)
         return receipt
 
+    async def asend(self, value: bytes, key: Optional[bytes] = None, *,
+                    headers: Optional[dict[str, bytes]] = None, partition: Optional[int] = None,
+                    delay: Optional[float] = None, dedup_id: "str | bytes | None" = None,
+                    timeout: Optional[float] = None) -> Receipt:
+        """send() for asyncio: the same arguments and result, and it never
+        blocks the event loop.  With max_depth set it waits for room as a
+        coroutine (cancelled while waiting, it sends nothing; QueueFull after
+        `timeout`); with fsync="always" the flush runs in the loop's default
+        executor.  Otherwise it is send(), a memory append."""
+        from pyqueue.aio import asend
+        return await asend(self, value, key, headers, partition, delay, dedup_id, timeout)
+
     def _send_slow(self, value: Any, key: Optional[bytes], headers: Optional[dict[str, bytes]],
                    partition: Optional[int], delay: Optional[float],
-                   dedup_id: "str | bytes | None" = None, timeout: Optional[float] = None) -> Receipt:
+                   dedup_id: "str | bytes | None" = None, timeout: Optional[float] = None,
+                   flush: bool = True) -> Receipt:
         deliver_at = 0
         if delay is not None:
             if not isinstance(delay, (int, float)) or isinstance(delay, bool):
@@ -151,7 +166,7 @@ class Topic:
                                           f"dedup_id names offset {receipt.offset} of partition "
                                           f"{receipt.partition}, which topic {self.name!r} does not have")
                 return receipt
-        if self._always:
+        if self._always and flush:
             log.sync(receipt.offset + 1)
         return receipt
 
@@ -346,6 +361,17 @@ class Topic:
         self._broker._register_consumer(consumer)
         return consumer
 
+    def _waker(self) -> "TopicWaker":
+        """The thread that sleeps on this topic's wake-up word for coroutines
+        (pyqueue/aio.py), started on first use."""
+        with self._groups_lock:
+            if self._aio_waker is None:
+                if not self._logs:
+                    raise Closed(f"topic {self.name!r} is closed")
+                from pyqueue.aio import TopicWaker
+                self._aio_waker = TopicWaker(self.notify, self.name)
+            return self._aio_waker
+
     def _group(self, name: str, mode: int, window: int) -> Group:
         """The process's shared handle on a group's state file."""
         with self._groups_lock:
@@ -388,6 +414,9 @@ class Topic:
         logs, self._logs = self._logs, []
         with self._groups_lock:
             groups, self._groups = list(self._groups.values()), {}
+            waker, self._aio_waker = self._aio_waker, None
+        if waker is not None:
+            waker.stop()             # before the word it sleeps on is unmapped
         for g in groups:
             g.close()
         if self._dedup is not None:
