@@ -36,6 +36,7 @@ def child_env(extra: Optional[dict[str, str]] = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     env["PYTHONDONTWRITEBYTECODE"] = "1"
     env["PYTHONSAFEPATH"] = "1"
+    env["PYTHONFAULTHANDLER"] = "1"       # SIGABRT prints every thread's stack (see Child.wait)
     if extra:
         env.update(extra)
     return env
@@ -103,8 +104,12 @@ class Child:
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+            self.proc.send_signal(signal.SIGABRT)   # faulthandler: where is it stuck?
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
             self._join()
             raise AssertionError(f"child {self.pid} still running after {timeout} s\n"
                                  f"{self.describe()}") from None
