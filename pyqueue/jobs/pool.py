@@ -1,13 +1,15 @@
 """Slot: the supervisor's handle on one child process (one unit of concurrency).
 
-A slot is STARTING (spawned, not yet READY), IDLE, BUSY (one job sent) or
-DEAD (its pipe hit EOF; the supervisor reaps it and spawns a fresh one).  The
+A slot is STARTING (spawned, not yet READY), IDLE, BUSY (jobs sent: the
+child runs the first and reads the next ones from its pipe when it is done)
+or DEAD (its pipe hit EOF; the supervisor reaps it and spawns a fresh one).  The
 child runs in its own session: kill() signals the whole process group, so a
 timed-out job's own subprocesses die with it.
 """
 
 from __future__ import annotations
 
+import collections
 import os
 import signal
 import subprocess
@@ -39,9 +41,15 @@ class Slot:
         self.rfd = -1
         self.wfd = -1
         self.buf = bytearray()
-        self.job: Any = None            # the supervisor's record of the job it runs
+        self.runs: "collections.deque[Any]" = collections.deque()   # sent jobs; the first one runs
         self.kill_reason: Optional[str] = None
+        self.kill_target: Optional[int] = None     # the job id a timeout or cancel kill was for
         self.spawned_at = 0.0
+
+    @property
+    def job(self) -> Any:
+        """The job the child is running (the first one sent), or None."""
+        return self.runs[0] if self.runs else None
 
     @property
     def pid(self) -> int:
@@ -65,13 +73,15 @@ class Slot:
         self.rfd, self.wfd = from_child_r, to_child_w
         self.buf = bytearray()
         self.state = STARTING
-        self.job = None
+        self.runs = collections.deque()
         self.kill_reason = None
+        self.kill_target = None
         self.spawned_at = now
 
     def send(self, frame: bytes) -> None:
-        """Write a whole job frame (the child is idle, so it reads at once).
-        BrokenPipeError if the child is gone."""
+        """Write a whole job frame.  The pipe holds what the child has not read
+        yet; a frame larger than the pipe waits for the child to finish its
+        current job.  BrokenPipeError if the child is gone."""
         view = memoryview(frame)
         while view:
             view = view[os.write(self.wfd, view):]
@@ -105,10 +115,13 @@ class Slot:
             del buf[:pos]
         return out, eof
 
-    def kill(self, reason: str) -> None:
-        """SIGKILL the child's process group; the EOF that follows reports it."""
+    def kill(self, reason: str, target: Optional[int] = None) -> None:
+        """SIGKILL the child's process group; the EOF that follows reports it.
+        target: the job it is for (another job found running at EOF had just
+        started and is not to blame)."""
         if self.kill_reason is None:
             self.kill_reason = reason
+            self.kill_target = target
         if self.proc is not None:
             try:
                 os.killpg(self.proc.pid, signal.SIGKILL)

@@ -1,18 +1,16 @@
 """Worker: the supervisor that runs a queue's jobs in a pool of child processes.
 
-    feeder thread                          main thread
-    -------------                          -----------
-    waits for an idle slot                 select() on the children's pipes
-    poll_batch(idle slots) on the queue    an outcome frame -> pending, slot idle
-    reads the jobs' rows (cancelled?       a child's EOF -> crash, timeout or
-      done already? attempt seen?)           cancel of its job; a fresh child
-    sends each job to an idle child        deadlines: SIGKILL the process group
-                                           flush: one transaction writes the
-                                             running and final states, then the
-                                             messages are acked, retried or
-                                             dead-lettered
-                                           heartbeat: extend leases, stamp rows,
-                                             kill cancelled jobs, purge old rows
+One thread does the work, in a loop around select() on the children's pipes:
+an outcome frame frees its slot; a child's EOF is a crash, a timeout or a
+cancel of its job and a fresh child takes the slot; past a job's deadline its
+process group gets SIGKILL; idle slots lease that many messages
+(poll_batch(timeout=0)), the jobs' rows are read (cancelled? done already?
+attempt seen?) and each job is sent to an idle child; a flush writes the
+running and final states in one transaction, then acks, retries or
+dead-letters the messages; a heartbeat extends leases, stamps rows, kills
+cancelled jobs and purges old rows.  When slots are idle and the queue is
+empty, a waiter thread sleeps on the topic's wake-up word (armed before the
+empty poll, so no append is missed) and wakes the loop through a pipe.
 
 Delivery rule: a job's message is acked only after its final state is
 committed, so a worker killed at any point leaves either a final row or a
@@ -39,7 +37,6 @@ killed within HEARTBEAT seconds.
 
 from __future__ import annotations
 
-import collections
 import logging
 import os
 import selectors
@@ -56,7 +53,7 @@ from pyqueue.errors import Closed, ConfigError, LeaseLost, PyQueueError
 from pyqueue.jobs import protocol as P
 from pyqueue.jobs.definition import JobDefinition
 from pyqueue.jobs.pool import BUSY, DEAD, IDLE, STARTING, Slot, child_env
-from pyqueue.jobs.status import CANCELLED, DEAD as DEAD_STATE, FAILED, FINAL_STATES, OOM as OOM_STATE
+from pyqueue.jobs.status import DEAD as DEAD_STATE, FAILED, FINAL_STATES, OOM as OOM_STATE
 from pyqueue.jobs.status import QUEUED, SUCCEEDED, TIMEOUT as TIMEOUT_STATE
 from pyqueue.jobs.store import JobStore
 
@@ -70,6 +67,11 @@ log = logging.getLogger("pyqueue.jobs")
 GROUP = "workers"            # the queue-mode consumer group of every worker of a queue
 HEARTBEAT = 1.0              # seconds between lease extensions, row stamps and cancel checks
 FLUSH_DELAY = 0.002          # seconds an outcome may wait for others to share its transaction
+PIPELINE = 8                 # jobs a child may hold (one running, the rest waiting in its pipe)
+PIPELINE_BUDGET = 0.005      # seconds of expected work a child may hold in its pipe
+PIPE_BYTES = 48 << 10        # bytes of waiting frames a pipe may hold (below Linux's 64 KiB), so a
+                             # write never blocks the loop behind a running job
+_EWMA = 0.2                  # weight of the newest run time in a definition's estimate
 PURGE_PERIOD = 60.0          # seconds between retention passes
 RESPAWN_DELAY = 1.0          # seconds before replacing a child that died before it was ready
 DEFINITIONS_CHECK = 1.0      # seconds between looks at the definitions' version
@@ -81,20 +83,26 @@ _FINAL_STATE = {P.FAILED: FAILED, P.OOM: OOM_STATE, P.INVALID: FAILED, TIMEOUT: 
 
 
 class Run:
-    """A job sent to a child."""
+    """A job leased for a child: waiting, sent, or running (once start() is called)."""
 
-    __slots__ = ("jid", "msg", "defn", "attempt", "started_ns", "deadline", "written", "extended")
+    __slots__ = ("jid", "msg", "defn", "attempt", "started_ns", "started", "deadline", "written", "extended")
 
     def __init__(self, jid: int, msg: Any, defn: JobDefinition, attempt: int) -> None:
         self.jid = jid
         self.msg = msg
         self.defn = defn
         self.attempt = attempt
-        self.started_ns = time.time_ns()
-        now = time.monotonic()
-        self.deadline = None if defn.timeout is None else now + defn.timeout
+        self.started_ns: Optional[int] = None
+        self.started = 0.0
+        self.deadline: Optional[float] = None
         self.written = False
-        self.extended = now
+        self.extended = time.monotonic()
+
+    def start(self, now: float) -> None:
+        """The child began it (it is first in its slot): its timeout runs from now."""
+        self.started_ns = time.time_ns()
+        self.started = now
+        self.deadline = None if self.defn.timeout is None else now + self.defn.timeout
 
 
 class Outcome:
@@ -138,9 +146,6 @@ class Worker:
         self.install_signal_handlers = install_signal_handlers
         self.topic = self.broker.topic(queue)
         self.done = 0                      # outcomes recorded (jobs finished, retried or skipped)
-        self._lock = threading.Lock()
-        self._idle = threading.Condition(self._lock)
-        self._inbox: "collections.deque[Outcome]" = collections.deque()
         self._pending: list[Outcome] = []
         self._flush_due: Optional[float] = None
         self._stopping = threading.Event()
@@ -153,6 +158,12 @@ class Worker:
         self._defs_version = -1
         self._defs_checked = 0.0
         self._defs_forced = 0.0
+        self._purged = 0.0
+        self._backlog: list[Run] = []              # leased and admitted, not yet sent to a child
+        self._runtime: dict[str, float] = {}       # a definition's typical run time (EWMA), once seen
+        self._waiter_cv = threading.Condition()
+        self._waiter_seq: Optional[int] = None     # handed to the waiter thread
+        self._waiting = False                      # the waiter holds an armed sequence
         self.consumer: Any = None
 
     # -- control --
@@ -164,8 +175,6 @@ class Worker:
             hard = True                    # a second request does not wait
         self._hard = self._hard or hard
         self._stopping.set()
-        with self._idle:
-            self._idle.notify_all()
         self._wake()
 
     def _on_signal(self, *_: object) -> None:
@@ -175,14 +184,13 @@ class Worker:
         if self._wake_w >= 0:
             try:
                 os.write(self._wake_w, b"x")
-            except (BlockingIOError, OSError):
-                pass                        # full: the main loop wakes anyway
+            except OSError:
+                pass                        # full: the loop wakes anyway
 
     # -- running --
 
     def run(self) -> int:
         """Work until stopped; returns how many job outcomes were recorded."""
-        self._feed_store = JobStore(self.jobs.dir, fsync=self.broker.fsync)
         self._store = JobStore(self.jobs.dir, fsync=self.broker.fsync)
         self.consumer = self.topic.consumer(GROUP, mode="queue", visibility_timeout=self.visibility_timeout,
                                             dead_letter=f"{self.queue}.dlq")
@@ -200,7 +208,7 @@ class Worker:
         self._sel.register(self._wake_r, selectors.EVENT_READ, None)
         self._host = socket.gethostname()
         self._started_ns = time.time_ns()
-        feeder = threading.Thread(target=self._feed, name="pyqueue-jobs-feeder", daemon=True)
+        waiter = threading.Thread(target=self._wait_for_messages, name="pyqueue-jobs-waiter", daemon=True)
         try:
             now = time.monotonic()
             for slot in self._slots:
@@ -212,19 +220,24 @@ class Worker:
                 else:
                     scheduler.start()
             self._beat_store()
-            feeder.start()
-            self._loop(feeder)
+            waiter.start()
+            self._loop()
         finally:
             self._stopping.set()
-            with self._idle:
-                self._idle.notify_all()
-            if feeder.is_alive():
-                feeder.join()
-            self._take_inbox()
+            with self._waiter_cv:
+                self._waiter_cv.notify()
+            if waiter.is_alive():
+                waiter.join()
+            if self._waiter_seq is not None:       # handed over but never slept on
+                self.topic.notify.disarm()
+                self._waiter_seq = None
             for slot in self._slots:
-                if slot.job is not None:       # left by an error in the loop: stop it, requeue it
+                if slot.runs:                  # left by an error in the loop: stop them, requeue them
                     slot.kill("shutdown")
                     self._end_slot_job(slot, RELEASE)
+            for run in self._backlog:
+                self._add(Outcome.of(run, RELEASE))
+            self._backlog = []
             self._flush_safely()
             for slot in self._slots:
                 slot.close()
@@ -239,7 +252,6 @@ class Worker:
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             self._wake_r = self._wake_w = -1
-            self._feed_store.close()
             self._store.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
@@ -249,7 +261,7 @@ class Worker:
         slot.spawn(now)
         self._sel.register(slot.rfd, selectors.EVENT_READ, slot)
 
-    def _loop(self, feeder: threading.Thread) -> None:
+    def _loop(self) -> None:
         next_beat = time.monotonic() + HEARTBEAT
         while True:
             now = time.monotonic()
@@ -275,12 +287,20 @@ class Worker:
             for slot in self._slots:
                 run = slot.job
                 if run is not None and run.deadline is not None and now >= run.deadline:
-                    slot.kill("timeout")
+                    slot.kill("timeout", run.jid)
             for index, at in list(self._respawn_at.items()):
                 if now >= at and not self._stopping.is_set():
                     del self._respawn_at[index]
                     self._spawn(self._slots[index], now)
-            self._take_inbox()
+            if not self._stopping.is_set():
+                try:
+                    self._lease()
+                except Closed:
+                    self._stopping.set()
+                except Exception:           # a bad message or a busy disk must not end the worker
+                    log.exception("could not take jobs from queue %r; going on", self.queue)
+            if self._backlog and not self._stopping.is_set():
+                self._place_backlog()
             if self._flush_due is None and any(s.job is not None and not s.job.written for s in self._slots):
                 self._flush_due = now + FLUSH_DELAY
             if self._flush_due is not None and now >= self._flush_due:
@@ -291,16 +311,15 @@ class Worker:
             if self._stopping.is_set():
                 if self._stop_at is None:
                     self._stop_at = now
-                busy = [s for s in self._slots if s.job is not None]
+                for run in self._backlog:
+                    self._add(Outcome.of(run, RELEASE))
+                self._backlog = []
+                busy = [s for s in self._slots if s.runs]
                 if busy and (self._hard or (self.grace is not None and now - self._stop_at >= self.grace)):
                     for s in busy:
                         s.kill("shutdown")
-                if not busy and not feeder.is_alive() and not self._inbox:
+                if not busy and not self._pending:
                     return
-
-    def _take_inbox(self) -> None:
-        while self._inbox:
-            self._add(self._inbox.popleft())
 
     def _add(self, outcome: Outcome) -> None:
         self._pending.append(outcome)
@@ -313,28 +332,31 @@ class Worker:
         frames, eof = slot.read()
         for jid, kind, code, data in frames:
             if kind == P.READY:
-                with self._idle:
-                    if slot.state == STARTING:
-                        slot.state = IDLE
-                        self._idle.notify()
-                continue
-            with self._idle:
-                run = slot.job
-                if run is None or run.jid != jid:
-                    log.warning("child %d reported job %016x, which it was not running", slot.pid, jid)
-                    continue
-                slot.job = None
-                if kind == P.OOM:
-                    slot.state = DEAD          # it exits after an OOM; EOF follows
-                else:
+                if slot.state == STARTING:
                     slot.state = IDLE
-                    self._idle.notify()
+                continue
+            run = slot.job
+            if run is None or run.jid != jid:
+                log.warning("child %d reported job %016x, which it was not running", slot.pid, jid)
+                continue
+            slot.runs.popleft()
+            now = time.monotonic()
+            name = run.defn.name
+            took = now - run.started
+            est = self._runtime.get(name)
+            self._runtime[name] = took if est is None else est + _EWMA * (took - est)
             self._add(Outcome.of(run, kind, data, code))
+            if kind == P.OOM:
+                slot.state = DEAD               # after an OOM the child exits; EOF follows
+                self._backlog.extend(slot.runs)
+                slot.runs.clear()
+            elif slot.runs:
+                slot.runs[0].start(now)         # the child went on with the next one
+            else:
+                slot.state = IDLE
         if eof:
             self._sel.unregister(slot.rfd)
             was = slot.state
-            with self._idle:
-                slot.state = DEAD
             rc = slot.reap()
             self._end_slot_job(slot, None, rc)
             if self._stopping.is_set():
@@ -347,13 +369,19 @@ class Worker:
                 self._spawn(slot, time.monotonic())
 
     def _end_slot_job(self, slot: Slot, kind: Optional[int], rc: int = 0) -> None:
-        """Record the job of a slot whose child is gone (or is being given up)."""
-        with self._idle:
-            run, slot.job = slot.job, None
-        if run is None:
+        """Record the job of a slot whose child is gone (or is being given up);
+        the jobs queued behind it go back to the backlog."""
+        if not slot.runs:
             return
+        run = slot.runs.popleft()
+        self._backlog.extend(slot.runs)
+        slot.runs.clear()
+        if run.started_ns is None:
+            run.start(time.monotonic())
         if kind is None:
             reason = slot.kill_reason
+            if reason in ("timeout", "cancel") and slot.kill_target != run.jid:
+                reason = "shutdown"             # it started as its predecessor was killed: not its fault
             if reason == "timeout":
                 t = run.defn.timeout
                 self._add(Outcome.of(run, TIMEOUT, f"Timeout: killed after {t:g} s (timeout={t:g})".encode(), rc))
@@ -369,25 +397,107 @@ class Worker:
                 return
         self._add(Outcome.of(run, kind))
 
-    # -- the feeder thread --
+    # -- taking jobs --
 
-    def _feed(self) -> None:
-        while not self._stopping.is_set():
+    def _lease(self) -> None:
+        """Fill the idle slots from the queue; when it is empty, leave the
+        waiter thread an armed sequence of the topic's wake-up word."""
+        notify = self.topic.notify
+        for _ in range(4):                     # again when skipped messages left room
+            if self._backlog:
+                return
+            room = sum(self._room(s) for s in self._slots)
+            if not room:
+                return
+            seq = None
+            if not self._waiting:
+                seq = notify.arm()             # before the look: an append after it wakes the waiter
             try:
-                with self._idle:
-                    while not self._stopping.is_set() and not any(s.state == IDLE for s in self._slots):
-                        self._idle.wait(_POLL)
-                    free = sum(1 for s in self._slots if s.state == IDLE)
+                msgs = self.consumer.poll_batch(room, timeout=0)
+            except BaseException:
+                if seq is not None:
+                    notify.disarm()
+                raise
+            if not msgs:
+                if seq is not None:
+                    with self._waiter_cv:
+                        self._waiting = True
+                        self._waiter_seq = seq
+                        self._waiter_cv.notify()
+                return
+            if seq is not None:
+                notify.disarm()
+            self._admit(msgs)
+            self._place_backlog()
+
+    def _estimate(self, d: JobDefinition) -> float:
+        """Expected run time of a job of d: its EWMA; unknown ones count as long."""
+        return self._runtime.get(d.name, PIPELINE_BUDGET)
+
+    def _room(self, slot: Slot) -> int:
+        """How many more jobs to lease for a slot: 1 when idle; for a busy one,
+        as many as its head's typical run time fits in PIPELINE_BUDGET.  A job
+        waiting in a pipe waits for the ones before it (head-of-line), so only
+        jobs known to be short are queued there."""
+        if slot.state == IDLE:
+            return 1
+        if slot.state != BUSY:
+            return 0
+        queued = sum(self._estimate(r.defn) for r in slot.runs)
+        each = self._estimate(slot.runs[0].defn)
+        if each <= 0:
+            each = 1e-6
+        return max(0, min(PIPELINE - len(slot.runs), int((PIPELINE_BUDGET - queued) / each)))
+
+    def _place_backlog(self) -> None:
+        """Send backlog jobs to idle slots, or behind short jobs when they are
+        short too; one write per child for all the jobs it gets."""
+        keep = []
+        plan: dict[int, list[Run]] = {}
+        load = {}
+        for slot in self._slots:
+            if slot.state == IDLE:
+                load[slot.index] = 0.0
+            elif slot.state == BUSY and len(slot.runs) < PIPELINE:
+                load[slot.index] = sum(self._estimate(r.defn) for r in slot.runs)
+        waiting = {i: sum(len(r.msg.value) for r in list(self._slots[i].runs)[1:]) for i in load}
+        for run in self._backlog:
+            est = self._estimate(run.defn)
+            size = len(run.msg.value) + 256
+            best = None
+            for index, queued in load.items():
+                slot, planned = self._slots[index], plan.get(index, ())
+                fresh = slot.state == IDLE and not planned
+                if fresh or (queued + est <= PIPELINE_BUDGET and len(slot.runs) + len(planned) < PIPELINE
+                             and waiting[index] + size <= PIPE_BYTES):
+                    if best is None or queued < load[best]:
+                        best = index
+            if best is None:
+                keep.append(run)
+                continue
+            if plan.get(best) or self._slots[best].state == BUSY:
+                waiting[best] += size
+            plan.setdefault(best, []).append(run)
+            load[best] += est
+        for index, runs in plan.items():
+            if not self._send(runs, self._slots[index]):
+                keep.extend(runs)
+        self._backlog = keep
+
+    def _wait_for_messages(self) -> None:
+        """The waiter thread: sleep on the sequence the loop armed, then wake the loop."""
+        notify = self.topic.notify
+        while True:
+            with self._waiter_cv:
+                while self._waiter_seq is None and not self._stopping.is_set():
+                    self._waiter_cv.wait()
                 if self._stopping.is_set():
                     return
-                msgs = self.consumer.poll_batch(free, timeout=_POLL)
-                if msgs:
-                    self._admit(msgs)
-            except Closed:
-                return
-            except Exception:                  # the feeder must outlive a bad message or a busy disk
-                log.exception("the job feeder failed; going on")
-                self._stopping.wait(0.1)
+                seq, self._waiter_seq = self._waiter_seq, None
+            notify.sleep(seq, _POLL)           # disarms; returns at once if the word moved since the arm
+            with self._waiter_cv:
+                self._waiting = False
+            self._wake()
 
     def _definition(self, name: str) -> Optional[JobDefinition]:
         now = time.monotonic()
@@ -395,22 +505,22 @@ class Worker:
             if name not in self._defs:
                 self._defs_forced = now
             self._defs_checked = now
-            version = self._feed_store.definitions_version()
+            version = self._store.definitions_version()
             if version != self._defs_version:
-                self._defs = self._feed_store.definitions()
+                self._defs = self._store.definitions()
                 self._defs_version = version
         return self._defs.get(name)
 
     def _admit(self, msgs: list) -> None:
-        """Decide for each leased message: run it, skip it, or record why not."""
-        store = self._feed_store
+        """Decide for each leased message: run it (to the backlog), skip it, or record why not."""
+        store = self._store
         items = []
         for m in msgs:
             h = m.headers
             name_b = h.get("x-job")
             if name_b is None:
                 log.warning("message %s/%d@%d has no x-job header; dropped", m.topic, m.partition, m.offset)
-                self._inbox.append(Outcome(0, m, None, m.delivery_count, SKIP))
+                self._add(Outcome(0, m, None, m.delivery_count, SKIP))
                 continue
             name = name_b.decode("utf-8", "replace")
             jid_b = h.get("x-job-id")
@@ -423,57 +533,51 @@ class Worker:
                     jid = store.insert_fire(name, sid, round(when.timestamp() * 1e6) * 1000, time.time_ns())[0]
             except (KeyError, ValueError) as e:
                 log.warning("message %s/%d@%d names no job (%s); dropped", m.topic, m.partition, m.offset, e)
-                self._inbox.append(Outcome(0, m, None, m.delivery_count, SKIP))
+                self._add(Outcome(0, m, None, m.delivery_count, SKIP))
                 continue
             items.append((m, name, jid))
         rows = store.states([jid for _, _, jid in items])
-        runs = []
         for m, name, jid in items:
             n = m.delivery_count
             d = self._definition(name)
             row = rows.get(jid)
             if row is None:
                 log.warning("job %016x (%s) has no row in the store (removed by retention?); dropped", jid, name)
-                self._inbox.append(Outcome(jid, m, d, n, SKIP))
+                self._add(Outcome(jid, m, d, n, SKIP))
             elif row[0] in FINAL_STATES or row[1] >= n:
-                self._inbox.append(Outcome(jid, m, d, n, SKIP))     # done, cancelled, or a duplicate delivery
+                self._add(Outcome(jid, m, d, n, SKIP))     # done, cancelled, or a duplicate delivery
             elif d is None:
-                self._inbox.append(Outcome(jid, m, None, n, P.INVALID,
-                                           f"UnknownJob: no definition of job {name!r} in {self.broker.path}".encode()))
+                self._add(Outcome(jid, m, None, n, P.INVALID,
+                                  f"UnknownJob: no definition of job {name!r} in {self.broker.path}".encode()))
             elif n > d.max_retries + 1:
-                self._inbox.append(Outcome(jid, m, d, n, LOST, (
+                self._add(Outcome(jid, m, d, n, LOST, (
                     f"WorkerLost: attempt {n - 1} ended with its worker (its lease came back without an outcome); "
                     f"max_retries={d.max_retries}").encode()))
             else:
-                runs.append(Run(jid, m, d, n))
-        if runs:
-            self._dispatch(runs)
-        self._wake()
+                self._backlog.append(Run(jid, m, d, n))
 
-    def _dispatch(self, runs: list[Run]) -> None:
-        with self._idle:
-            idle = [s for s in self._slots if s.state == IDLE]
-            for run in runs:
-                if not idle:
-                    self._inbox.append(Outcome.of(run, RELEASE))
-                    continue
-                slot = idle.pop(0)
-                d = run.defn
-                if d.command is not None:
-                    kind, target = P.COMMAND, msgspec.json.encode(list(d.command))
-                else:
-                    kind, target = P.CALLABLE, d.target.encode()     # type: ignore[union-attr]
-                frame = P.encode_job(run.jid, run.attempt, d.memory_limit or 0, d.max_result_bytes, kind,
-                                     target, run.msg.value)
-                run.started_ns = time.time_ns()
-                slot.state = BUSY
-                slot.job = run
-                try:
-                    slot.send(frame)
-                except OSError:                 # the child died meanwhile: its EOF is on the way
-                    slot.job = None
-                    slot.state = DEAD
-                    self._inbox.append(Outcome.of(run, RELEASE))
+    def _send(self, runs: list[Run], slot: Slot) -> bool:
+        """Send runs to slot's child in one write; False if the child is gone
+        (its EOF is on the way)."""
+        frames = []
+        for run in runs:
+            d = run.defn
+            if d.command is not None:
+                kind, target = P.COMMAND, msgspec.json.encode(list(d.command))
+            else:
+                kind, target = P.CALLABLE, d.target.encode()     # type: ignore[union-attr]
+            frames.append(P.encode_job(run.jid, run.attempt, d.memory_limit or 0, d.max_result_bytes, kind,
+                                       target, run.msg.value))
+        try:
+            slot.send(b"".join(frames))
+        except OSError:
+            slot.state = DEAD
+            return False
+        if not slot.runs:
+            runs[0].start(time.monotonic())
+            slot.state = BUSY
+        slot.runs.extend(runs)
+        return True
 
     # -- recording outcomes --
 
@@ -489,8 +593,7 @@ class Worker:
         pid = os.getpid()
         outs = self._pending
         running = []
-        with self._idle:
-            started = [s.job for s in self._slots if s.job is not None and not s.job.written]
+        started = [s.job for s in self._slots if s.job is not None and not s.job.written]
         for run in started:
             running.append((run.attempt, run.started_ns, pid, now_ns, run.jid))
         finals = []
@@ -556,17 +659,18 @@ class Worker:
     def _beat(self) -> None:
         now = time.monotonic()
         now_ns = time.time_ns()
-        with self._idle:
-            busy = [(s, s.job) for s in self._slots if s.job is not None]
+        busy = [(s, s.job) for s in self._slots if s.job is not None]
         try:
             cancelled = self._store.heartbeat([r.jid for _, r in busy], now_ns)
         except Exception:
             log.exception("heartbeat: could not reach the job store")
             cancelled = set()
+        held = [r for s in self._slots for r in s.runs] + self._backlog
         for slot, run in busy:
             if run.jid in cancelled:
-                slot.kill("cancel")
-            elif now - run.extended >= self.visibility_timeout / 3:
+                slot.kill("cancel", run.jid)
+        for run in held:
+            if now - run.extended >= self.visibility_timeout / 3:
                 try:
                     run.msg.extend(self.visibility_timeout)
                     run.extended = now
@@ -574,7 +678,7 @@ class Worker:
                     log.warning("job %016x: its lease expired while it ran; another worker may run it too", run.jid)
                     run.extended = now
         self._beat_store(len(busy))
-        if now - getattr(self, "_purged", 0.0) >= PURGE_PERIOD:
+        if now - self._purged >= PURGE_PERIOD:
             self._purged = now
             try:
                 self._store.purge(self.jobs.keep, now_ns)
