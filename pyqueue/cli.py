@@ -61,5 +61,9 @@ def create(path: str, topic: str, partitions: Optional[int]) -> None:
         click.echo(f"{t.name}\tpartitions={t.partitions}")
 
 
+from pyqueue.cli_jobs import register as _register_jobs  # noqa: E402
+_register_jobs(main)
+
+
 if __name__ == "__main__":   # pragma: no cover
     main()

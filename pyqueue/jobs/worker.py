@@ -157,7 +157,6 @@ class Worker:
         self._defs: dict[str, JobDefinition] = {}
         self._defs_version = -1
         self._defs_checked = 0.0
-        self._defs_forced = 0.0
         self._purged = 0.0
         self._backlog: list[Run] = []              # leased and admitted, not yet sent to a child
         self._runtime: dict[str, float] = {}       # a definition's typical run time (EWMA), once seen
@@ -501,9 +500,7 @@ class Worker:
 
     def _definition(self, name: str) -> Optional[JobDefinition]:
         now = time.monotonic()
-        if now - self._defs_checked >= DEFINITIONS_CHECK or (name not in self._defs and now - self._defs_forced > 0.05):
-            if name not in self._defs:
-                self._defs_forced = now
+        if name not in self._defs or now - self._defs_checked >= DEFINITIONS_CHECK:   # a look costs one row
             self._defs_checked = now
             version = self._store.definitions_version()
             if version != self._defs_version:
