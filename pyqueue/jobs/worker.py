@@ -3,9 +3,9 @@
 One thread does the work, in a loop around select() on the children's pipes:
 an outcome frame frees its slot; a child's EOF is a crash, a timeout or a
 cancel of its job and a fresh child takes the slot; past a job's deadline its
-process group gets SIGKILL; idle slots lease that many messages
+process group gets SIGKILL; free room leases that many messages
 (poll_batch(timeout=0)), the jobs' rows are read (cancelled? done already?
-attempt seen?) and each job is sent to an idle child; a flush writes the
+attempt seen?) and each job is sent to a child; a flush writes the
 running and final states in one transaction, then acks, retries or
 dead-letters the messages; a heartbeat extends leases, stamps rows, kills
 cancelled jobs and purges old rows.  When slots are idle and the queue is
@@ -29,7 +29,15 @@ Bad arguments, an unknown job name and a target that cannot be imported are
 not retried: the job fails at once.  An attempt whose worker died counts as
 an attempt: a job with max_retries=0 runs at most once.
 
-Bounds: at most `concurrency` jobs are leased at a time; the pending outcomes
+Pipelining: an idle child gets one job; a busy child also gets jobs queued in
+its pipe, but only while the measured average run time (EWMA per definition)
+of what it holds stays within PIPELINE_BUDGET, at most PIPELINE jobs and
+PIPE_BYTES of waiting frames (so a write never blocks the loop).  A job of a
+definition not yet measured counts as long: it is never queued behind
+another.  What cannot be placed waits in the backlog (leased, its lease
+extended) for the first child with room.
+
+Bounds: at most concurrency * PIPELINE jobs are leased at a time; the pending outcomes
 are flushed FLUSH_DELAY after the first of them (a batch per flush, so a
 no-op job costs a fraction of a transaction); a cancelled running job is
 killed within HEARTBEAT seconds.
