@@ -19,3 +19,13 @@ __all__ = [
     "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic", "LeaseLost", "MemberFenced", "TableFull",
     "Closed", "StorageError",
 ]
+
+_JOBS_NAMES = ("Jobs", "JobDefinition", "JobStatus", "UnknownJob", "JobFailed", "ResultTimeout", "ResultTooLarge")
+__all__ += list(_JOBS_NAMES)
+
+
+def __getattr__(name: str):   # the jobs API loads on first use (it imports msgspec)
+    if name in _JOBS_NAMES:
+        import pyqueue.jobs
+        return getattr(pyqueue.jobs, name)
+    raise AttributeError(f"module 'pyqueue' has no attribute {name!r}")

@@ -17,6 +17,7 @@ from pyqueue.errors import Closed, ConfigError, CorruptionError, UnknownTopic
 from pyqueue.topic import Topic
 
 if TYPE_CHECKING:
+    from pyqueue.jobs import Jobs
     from pyqueue.scheduler import Scheduler
 
 __all__ = ["Broker", "open"]
@@ -54,6 +55,7 @@ class Broker:
         self._topics: dict[str, Topic] = {}
         self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._scheduler: Any = None
+        self._jobs: Any = None
         self._lock = threading.RLock()
         self._closed = False
         self._init_directory(create)
@@ -171,6 +173,18 @@ class Broker:
                 raise ConfigError("scheduler options are set on the first call to broker.scheduler()")
             return self._scheduler
 
+    def jobs(self, **options: Any) -> "Jobs":
+        """The broker's jobs: definitions, submit, schedule, status, workers
+        (one object per broker handle).  Options on first use: keep."""
+        from pyqueue.jobs import Jobs
+        with self._lock:
+            self._check_open()
+            if self._jobs is None:
+                self._jobs = Jobs(self, **options)
+            elif options:
+                raise ConfigError("jobs options are set on the first call to broker.jobs()")
+            return self._jobs
+
     def stats(self) -> dict[str, Any]:
         """Per topic and partition: offsets, messages, segments, bytes."""
         with self._lock:
@@ -220,6 +234,8 @@ class Broker:
             self._upkeep.join()
         if self._scheduler is not None:
             self._scheduler.close()
+        if self._jobs is not None:
+            self._jobs.close()
         with self._lock:
             topics, self._topics = list(self._topics.values()), {}
             consumers = list(self._consumers)

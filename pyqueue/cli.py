@@ -56,5 +56,9 @@ def _register() -> None:
 _register()
 
 
+from pyqueue.cli_jobs import register as _register_jobs  # noqa: E402
+_register_jobs(main)
+
+
 if __name__ == "__main__":   # pragma: no cover
     main()
