@@ -300,8 +300,11 @@ def test_append_lock_owner_killed(broker_path, children):
         assert s.line() == "ready"
     rng = random.Random("lock-owner")
     victims: dict[str, int] = {}          # tag -> messages acked
-    for k in range(40):
-        repaired = sum(int(t.split()[1]) for s in survivors for t in s.lines if t.startswith("repaired"))
+    # A kill lands inside the lock only sometimes, less often on a loaded
+    # machine: go on until three did (usually within a dozen kills).
+    for k in range(300):
+        repaired = sum(max((int(t.split()[1]) for t in s.lines if t.startswith("repaired")), default=0)
+                       for s in survivors)
         if repaired >= 3 and k >= 8:
             break
         tag = f"v{k}"
