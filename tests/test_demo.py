@@ -67,8 +67,9 @@ def test_demo_without_path_cleans_up_and_prints_lines(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     s = json.loads(out.stdout.strip().splitlines()[-1])
     assert s["ok"], s["problems"]
-    assert set(s["by_worker"]) == {"0", "1", "2"}           # two workers and the replacement
-    for line in ("killed with SIGKILL while holding", "dead-lettered to 'photos.dlq' after 3 deliveries",
+    # Two workers and the replacement; which of them got work depends on timing.
+    assert set(s["by_worker"]) <= {"0", "1", "2"} and sum(s["by_worker"].values()) == s["processed"]
+    for line in ("killed with SIGKILL while holding", "worker 2 (pid ", "joined in place of the killed one", "dead-lettered to 'photos.dlq' after 3 deliveries",
                  "redelivered: processed by worker", "report 1 (due "):
         assert line in out.stdout
     assert "\x1b[" not in out.stdout                        # plain lines when not on a terminal
