@@ -848,8 +848,10 @@ int pq_group_ack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
     return rc;
 }
 
-int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id, int64_t now_ns,
-                  int64_t delay_ns)
+/* End a delivery and put the message back: ready at once (delay_ns <= 0)
+ * or delayed; `uncount` takes the delivery back off its count. */
+static int requeue(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id, int64_t now_ns,
+                   int64_t delay_ns, int uncount)
 {
     gpart_t *part;
     int rc = lock_part(g, p, &part);
@@ -869,6 +871,8 @@ int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
             part->n_ready++;
         }
         e->lease_id = 0;   /* this delivery is over */
+        if (uncount && e->deliveries > 0)
+            e->deliveries--;
     }
     unlock_part(part);
     if (e)
@@ -876,25 +880,15 @@ int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id,
     return rc;
 }
 
+int pq_group_nack(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id, int64_t now_ns,
+                  int64_t delay_ns)
+{
+    return requeue(g, p, offset, lease_id, now_ns, delay_ns, 0);
+}
+
 int pq_group_release(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id)
 {
-    gpart_t *part;
-    int rc = lock_part(g, p, &part);
-    if (rc)
-        return rc;
-    entry_t *e = find_delivery(g, part, p, offset, lease_id, &rc);
-    if (e) {
-        leave_state(part, e);
-        e->state = E_READY;
-        part->n_ready++;
-        e->lease_id = 0;
-        if (e->deliveries > 0)
-            e->deliveries--;
-    }
-    unlock_part(part);
-    if (e)
-        wake(g);
-    return rc;
+    return requeue(g, p, offset, lease_id, 0, 0, 1);
 }
 
 int pq_group_extend(pq_group_t *g, uint32_t p, uint64_t offset, uint64_t lease_id, int64_t now_ns,
