@@ -31,6 +31,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,8 @@ struct pq_log {
     pq_segment_t *tail;           /* appends go here; replaced under both locks */
     pq_notify_t *notify;          /* the topic's wake-up word, not owned */
     pq_log_recovery_t info;
+    uint64_t left_end;            /* the end this process left at its last unlock (append lock held) */
+    uint32_t barges;              /* appends in a row nobody else got in between (append lock held) */
 };
 
 #define LOAD(p)      __atomic_load_n((p), __ATOMIC_ACQUIRE)
@@ -416,12 +419,36 @@ static int lock_append(pq_log_t *log)
     if (rc)
         return pq_error_set(-rc, "partition %s: append lock unusable (%s); reopen the broker once no process has it open",
                             log->dir, strerror(rc));
+    log->barges = log->st->next_offset == log->left_end ? log->barges + 1 : 0;   /* see unlock_append */
     return 0;
 }
 
+/* glibc's mutexes let the unlocker take the lock straight back before the
+ * waiter it woke gets to run, so a process appending in a loop can starve the
+ * others for as long as it loops (seen with long holds: rolls on a busy
+ * machine).  A process that finds, append after append, that nobody else got
+ * in since its last one while others wait gives them a moment to take the
+ * lock: a few yields, until the lock word shows a new owner.  Contended
+ * appenders that alternate never pay for it. */
+#define FAIR_BARGES 32
+#define FAIR_YIELDS 16
+
 static void unlock_append(pq_log_t *log)
 {
-    pthread_mutex_unlock(&log->st->append_lock.m);
+    pthread_mutex_t *m = &log->st->append_lock.m;
+    log->left_end = log->st->next_offset;
+#ifdef __GLIBC__
+    unsigned int *word = (unsigned int *)&m->__data.__lock;
+    int starving = log->barges >= FAIR_BARGES &&
+                   (__atomic_load_n(word, __ATOMIC_RELAXED) & 0x80000000u) != 0;   /* FUTEX_WAITERS */
+    if (starving)
+        log->barges = 0;
+    pthread_mutex_unlock(m);
+    for (int i = 0; starving && i < FAIR_YIELDS && __atomic_load_n(word, __ATOMIC_RELAXED) == 0; i++)
+        sched_yield();
+#else
+    pthread_mutex_unlock(m);
+#endif
 }
 
 static void wake_waiters(pq_log_t *log)

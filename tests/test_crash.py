@@ -314,8 +314,9 @@ def test_append_lock_owner_killed(broker_path, children):
         victim.kill()
         victims[tag] = max(int(t.split()[1]) for t in victim.lines)
     totals = {}
-    for i, s in enumerate(survivors):
+    for s in survivors:                   # both at once: neither keeps the lock from the other
         s.send("stop\n")
+    for i, s in enumerate(survivors):
         assert s.wait() == 0, s.describe()
         totals[f"s{i}"] = int(s.lines[-1].split()[1])
     repaired = sum(int(s.lines[-1].split()[2]) for s in survivors)
