@@ -175,7 +175,7 @@ static void settle(pq_dedup_t *d)
 
 static int lock(pq_dedup_t *d)
 {
-    int rc = pthread_mutex_lock(&d->h->lock.m);
+    int rc = pq_shared_mutex_lock(&d->h->lock.m);
     if (rc == EOWNERDEAD) {
         /* Entries are written whole before the pending send is cleared; one
          * left behind is settled below. */

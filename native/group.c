@@ -161,7 +161,7 @@ static int lock_part(pq_group_t *g, uint32_t p, gpart_t **out)
         return pq_error_set(-PQ_ERANGE, "group %s has partitions 0..%u; got %u", g->path,
                             g->partitions - 1, p);
     gpart_t *part = part_of(g, p);
-    int rc = pthread_mutex_lock(&part->lock.m);
+    int rc = pq_shared_mutex_lock(&part->lock.m);
     if (rc == EOWNERDEAD) {
         recount(g, part);
         pthread_mutex_consistent(&part->lock.m);
@@ -180,7 +180,7 @@ static void unlock_part(gpart_t *part)
 
 static int lock_members(pq_group_t *g)
 {
-    int rc = pthread_mutex_lock(&g->h->members_lock.m);
+    int rc = pq_shared_mutex_lock(&g->h->members_lock.m);
     if (rc == EOWNERDEAD) {
         pthread_mutex_consistent(&g->h->members_lock.m);   /* slots are written whole */
         rc = 0;

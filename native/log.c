@@ -403,7 +403,7 @@ static int tail_from_end(pq_log_t *log, uint64_t next)
 
 static int lock_append(pq_log_t *log)
 {
-    int rc = pthread_mutex_lock(&log->st->append_lock.m);
+    int rc = pq_shared_mutex_lock(&log->st->append_lock.m);
     if (rc == EOWNERDEAD) {
         /* The owner died mid-append: whatever it wrote past the published end
          * is garbage; the tail is derived again from that end. */
@@ -993,7 +993,7 @@ int pq_log_sync(pq_log_t *log, uint64_t upto)
         upto = end;
     if (LOAD(&st->synced_offset) >= upto)
         return 0;
-    int rc = pthread_mutex_lock(&st->flush_lock.m);
+    int rc = pq_shared_mutex_lock(&st->flush_lock.m);
     if (rc == EOWNERDEAD) {
         pthread_mutex_consistent(&st->flush_lock.m);   /* a flush needs no repair */
         rc = 0;

@@ -10,6 +10,7 @@
 #include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "pq_error.h"
@@ -86,6 +87,27 @@ void pq_shmfile_close(pq_shmfile_t *f)
         close(f->fd);   /* releases the flock */
     f->map = NULL;
     f->fd = -1;
+}
+
+#define RELOCK_NS 50000000L    /* 50 ms */
+
+int pq_shared_mutex_lock(pthread_mutex_t *m)
+{
+    int rc = pthread_mutex_trylock(m);
+    if (rc != EBUSY)
+        return rc;
+    for (;;) {
+        struct timespec t;
+        clock_gettime(CLOCK_REALTIME, &t);      /* a clock step only moves one retry */
+        t.tv_nsec += RELOCK_NS;
+        if (t.tv_nsec >= 1000000000L) {
+            t.tv_sec++;
+            t.tv_nsec -= 1000000000L;
+        }
+        rc = pthread_mutex_timedlock(m, &t);
+        if (rc != ETIMEDOUT)
+            return rc;
+    }
 }
 
 int pq_shared_mutex_init(pthread_mutex_t *m)

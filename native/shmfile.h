@@ -41,4 +41,10 @@ void pq_shmfile_close(pq_shmfile_t *f);
 #include <pthread.h>
 int pq_shared_mutex_init(pthread_mutex_t *m);
 
+/* Lock a robust, process-shared mutex: pthread_mutex_lock's results
+ * (EOWNERDEAD included), but a waiter never sleeps more than a short while
+ * without looking at the lock again, so a wake-up lost to a process killed
+ * at the wrong moment costs a delay, never a hang. */
+int pq_shared_mutex_lock(pthread_mutex_t *m);
+
 #endif
