@@ -1,9 +1,10 @@
 """JetStreamBroker: pyqueue's Broker API over a NATS JetStream cluster.
 
 connect(url) opens one nats-py connection (on the Bridge's event loop) and
-two KV buckets of the namespace: `{ns}_topics` (each topic's configuration,
-written once with create: the first creator wins, as topic.json does on
-disk) and `{ns}_groups` (consumer-group state, see group_state.py).  A topic
+two KV buckets, shared by all namespaces: `pyqueue_topics` (each topic's
+configuration, written once with create: the first creator wins, as
+topic.json does on disk) and `pyqueue_groups` (consumer-group state, see
+group_state.py); each is created on first use, with the broker's replicas.  A topic
 with N partitions is N streams (naming.py), each replicated `replicas`
 times (default: 3, or the cluster's size if smaller).
 
@@ -28,7 +29,7 @@ from pyqueue.jetstream.bridge import Bridge
 from pyqueue.jetstream.client import (ERR_INSUFFICIENT_RESOURCES, ERR_NO_MESSAGE, ERR_REPLICAS_UNSUPPORTED,
                                       ERR_STREAM_NOT_FOUND, ERR_WRONG_LAST_SEQ, ApiError, Client, parse_url)
 from pyqueue.jetstream.errors import Unavailable, Unsupported
-from pyqueue.jetstream.naming import Names, escape, unescape
+from pyqueue.jetstream.naming import Names, unescape
 
 __all__ = ["JetStreamBroker", "connect"]
 
@@ -291,8 +292,9 @@ class JetStreamBroker:
         return self._run(self._topic_names(), self.timeout + 1)
 
     async def _topic_names(self) -> list[str]:
-        keys = await self.client.kv_keys(self.names.topics_bucket, "*", deadline=self._deadline())
-        return sorted(unescape(k) for k in keys)
+        prefix = self.names.ns + "."
+        keys = await self.client.kv_keys(self.names.topics_bucket, prefix + "*", deadline=self._deadline())
+        return sorted(unescape(k[len(prefix):]) for k in keys)
 
     def delete_topic(self, name: str) -> None:
         """Delete the topic: its streams, its configuration and its groups' state."""
@@ -387,7 +389,7 @@ def _parse_topic(name: str, raw: Optional[bytes], bucket: str,
         fields = set(TopicConfig.__dataclass_fields__)
         config = TopicConfig(**{k: v for k, v in data.items() if k in fields})
     except (ValueError, TypeError, KeyError, ConfigError) as e:
-        raise CorruptionError(f"KV bucket {bucket}, key {escape(name)}: unreadable topic configuration ({e})") from e
+        raise CorruptionError(f"KV bucket {bucket}: unreadable configuration of topic {name!r} ({e})") from e
     return config.merged(name, requested), replicas
 
 

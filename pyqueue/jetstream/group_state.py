@@ -2,10 +2,10 @@
 
 Keys (naming.py escapes topic T and group G):
 
-    {T}.{G}.meta       {"mode": "queue"|"stream", ...}: written once with create
+    {ns}.{T}.{G}.meta  {"mode": "queue"|"stream", ...}: written once with create
                        (the first member wins); later members must agree
-    {T}.{G}.m.{id}     a stream-mode member's heartbeat   (ownership.py)
-    {T}.{G}.p.{p}      a stream-mode partition's owner, generation and
+    {ns}.{T}.{G}.m.{id} a stream-mode member's heartbeat   (ownership.py)
+    {ns}.{T}.{G}.p.{p} a stream-mode partition's owner, generation and
                        committed offset                   (ownership.py)
 
 Queue mode keeps nothing else here: its position, leases and delivery
@@ -32,14 +32,14 @@ if TYPE_CHECKING:
 __all__ = ["ensure_group", "group_names", "delete_group", "purge_topic_groups", "group_stats", "read_meta"]
 
 
-def meta_key(topic: str, group: str) -> str:
-    return f"{Names.group_prefix(topic, group)}.meta"
+def meta_key(names: Names, topic: str, group: str) -> str:
+    return f"{names.group_prefix(topic, group)}.meta"
 
 
 async def read_meta(broker: "JetStreamBroker", topic: str, group: str) -> "dict[str, Any] | None":
     import nats.js.errors
     try:
-        entry = await broker._groups_kv.get(meta_key(topic, group))
+        entry = await broker._groups_kv.get(meta_key(broker.names, topic, group))
     except nats.js.errors.KeyNotFoundError:
         return None
     try:
@@ -48,7 +48,7 @@ async def read_meta(broker: "JetStreamBroker", topic: str, group: str) -> "dict[
             raise ValueError(f"no mode in {meta!r}")
         return meta
     except ValueError as e:
-        raise CorruptionError(f"KV bucket {broker.names.groups_bucket}, key {meta_key(topic, group)}: "
+        raise CorruptionError(f"KV bucket {broker.names.groups_bucket}, key {meta_key(broker.names, topic, group)}: "
                               f"unreadable group state ({e})") from e
 
 
@@ -64,7 +64,7 @@ async def ensure_group(broker: "JetStreamBroker", topic: str, group: str, mode: 
         if meta is None:
             record = {"mode": mode, **settings}
             try:
-                await broker._groups_kv.create(meta_key(topic, group), json.dumps(record, sort_keys=True).encode())
+                await broker._groups_kv.create(meta_key(broker.names, topic, group), json.dumps(record, sort_keys=True).encode())
                 return record
             except nats.js.errors.KeyWrongLastSequenceError:
                 if time.monotonic() > deadline:
@@ -81,7 +81,7 @@ async def ensure_group(broker: "JetStreamBroker", topic: str, group: str, mode: 
 
 
 async def group_names(broker: "JetStreamBroker", topic: str) -> list[str]:
-    prefix = Names.topic_key(topic) + "."
+    prefix = broker.names.topic_key(topic) + "."
     keys = await broker.client.kv_keys(broker.names.groups_bucket, f"{prefix}*.meta", deadline=broker._deadline())
     return sorted(unescape(k[len(prefix):-len(".meta")]) for k in keys)
 
@@ -116,7 +116,7 @@ async def delete_group(broker: "JetStreamBroker", topic: "JetStreamTopic", group
         for name in names:
             if name == queue_name or (name.startswith(stream_prefix) and name[len(stream_prefix):].isdigit()):
                 await _delete_consumer(broker, stream, name)
-    await _purge(broker, f"{Names.group_prefix(topic.name, group)}.>")
+    await _purge(broker, f"{broker.names.group_prefix(topic.name, group)}.>")
 
 
 async def _delete_consumer(broker: "JetStreamBroker", stream: str, name: str) -> None:
@@ -133,7 +133,7 @@ async def _purge(broker: "JetStreamBroker", key_filter: str) -> None:
 
 
 async def purge_topic_groups(broker: "JetStreamBroker", topic: str) -> None:
-    await _purge(broker, f"{Names.topic_key(topic)}.>")
+    await _purge(broker, f"{broker.names.topic_key(topic)}.>")
 
 
 async def group_stats(broker: "JetStreamBroker", topic: "JetStreamTopic") -> dict[str, Any]:

@@ -10,11 +10,14 @@ keeps every mapping below injective:
     topic T, partition p   stream   {ns}_{esc(T)}_{p}        subject  {ns}.{esc(T)}.{p}
     queue group G          consumer {esc(G)}                 (a shared durable, on every partition's stream)
     stream group G         consumer {esc(G)}_s{generation}   (one per partition owner, R1)
-    KV buckets             {ns}_topics (topic configs), {ns}_groups (group state)
-    group state key        {esc(T)}.{esc(G)}.{what}
+    KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state)
+    topic config key       {ns}.{esc(T)}
+    group state key        {ns}.{esc(T)}.{esc(G)}.{what}
 
 The namespace `ns` (default "pq", connect(namespace=)) is [A-Za-z0-9]{1,32},
-so that several pyqueue deployments can share one NATS account.  Stream
+so that several pyqueue deployments can share one NATS account.  The two
+buckets are shared by every namespace (their keys start with it): a new
+namespace costs no new replicated stream.  Stream
 names are at most 255 bytes on the server; a topic whose stream name would
 be longer is refused with InvalidName.
 """
@@ -60,8 +63,8 @@ class Names:
 
     def __init__(self, ns: str) -> None:
         self.ns = validate_namespace(ns)
-        self.topics_bucket = f"{ns}_topics"
-        self.groups_bucket = f"{ns}_groups"
+        self.topics_bucket = "pyqueue_topics"
+        self.groups_bucket = "pyqueue_groups"
 
     def check_topic(self, topic: str, partitions: int) -> None:
         """InvalidName if the topic's longest stream name is too long for the server."""
@@ -86,10 +89,8 @@ class Names:
     def stream_consumer(group: str, generation: int) -> str:
         return f"{escape(group)}_s{generation}"
 
-    @staticmethod
-    def topic_key(topic: str) -> str:
-        return escape(topic)
+    def topic_key(self, topic: str) -> str:
+        return f"{self.ns}.{escape(topic)}"
 
-    @staticmethod
-    def group_prefix(topic: str, group: str) -> str:
-        return f"{escape(topic)}.{escape(group)}"
+    def group_prefix(self, topic: str, group: str) -> str:
+        return f"{self.ns}.{escape(topic)}.{escape(group)}"

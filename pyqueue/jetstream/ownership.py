@@ -1,7 +1,7 @@
 """Ownership: stream mode's membership, partition owners, generations and
 committed offsets, kept in the `{ns}_groups` KV bucket with compare-and-set.
 
-Records (JSON), under the group's prefix {T}.{G}:
+Records (JSON), under the group's prefix {ns}.{T}.{G}:
 
     m.{member}   {"pid", "host", "session_timeout"}   put every session_timeout/4
     p.{p}        {"owner": member | null, "gen": n, "committed": offset}
@@ -79,7 +79,7 @@ class Ownership:
         self.group = group
         self.member_id = member_id
         self.session_timeout = session_timeout
-        self.prefix = Names.group_prefix(topic.name, group)
+        self.prefix = broker.names.group_prefix(topic.name, group)
         self.members: dict[str, _Member] = {}
         self.parts: dict[int, Part] = {}
         self._watcher: Any = None
@@ -308,7 +308,7 @@ class Ownership:
 async def stream_lag(broker: "JetStreamBroker", topic: "JetStreamTopic", group: str) -> dict[int, dict[str, int]]:
     """Per partition: committed offset and lag (end - committed)."""
     import nats.js.errors
-    prefix = Names.group_prefix(topic.name, group)
+    prefix = broker.names.group_prefix(topic.name, group)
     out: dict[int, dict[str, int]] = {}
     for p in range(topic.partitions):
         start, end = await topic._offsets(p)

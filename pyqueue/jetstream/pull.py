@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
 import itertools
 import json
 import time
@@ -190,9 +189,10 @@ async def first_seq_at_or_after(topic: "JetStreamTopic", partition: int, ts: flo
     consumer created to start at that time and deleted at once."""
     client = topic._broker.client
     stream = topic._streams[partition]
-    start = datetime.datetime.fromtimestamp(ts, datetime.timezone.utc)
-    nanos = int(round((ts - int(ts)) * 1e9)) if ts >= 0 else 0
-    stamp = start.strftime("%Y-%m-%dT%H:%M:%S") + f".{nanos % 1_000_000_000:09d}Z"
+    from pyqueue.topic import _first_ns_at_or_after
+    ns = max(0, _first_ns_at_or_after(ts))     # m.timestamp finds m despite float rounding
+    secs, nanos = divmod(ns, 1_000_000_000)
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(secs)) + f".{nanos:09d}Z"
     config = {"deliver_policy": "by_start_time", "opt_start_time": stamp, "ack_policy": "none",
               "inactive_threshold": 5_000_000_000, "mem_storage": True, "num_replicas": 1,
               "max_deliver": 1, "replay_policy": "instant"}

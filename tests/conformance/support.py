@@ -1,0 +1,41 @@
+"""Helpers for the conformance tests (imported by the test modules)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+
+def drain(consumer: Any, timeout: float = 0.3, ack: bool = True) -> list:
+    """Every message the consumer gives until it has none for `timeout` s."""
+    out = []
+    while True:
+        msgs = consumer.poll_batch(1000, timeout=timeout)
+        if not msgs:
+            return out
+        for m in msgs:
+            if ack:
+                m.ack()
+        out.extend(msgs)
+
+
+def until(condition: Callable[[], Any], timeout: float = 10.0, step: Callable[[], Any] = lambda: None) -> Any:
+    """Call step() until condition() is true (its value) or `timeout` passes
+    (AssertionError).  step() should block on something (a poll), so that
+    this loop waits on events, not on the clock."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s")
+        step()
+
+
+def busy_wait(seconds: float) -> None:
+    """Let `seconds` pass on the monotonic clock (a lease or window expiring
+    is the event under test: there is nothing else to wait on)."""
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        time.sleep(min(0.01, max(0.0, end - time.monotonic())))
