@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
 from typing import Any, Callable, Optional
 
 import pytest
 
 import pyqueue
+
+from conformance.support import nats_missing
 
 BACKENDS = ("embedded", "jetstream")
 
@@ -45,17 +46,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
 }
 
 _counter = itertools.count()
-
-
-def nats_missing() -> Optional[str]:
-    """Why the jetstream backend cannot be tested here, or None."""
-    if shutil.which("nats-server") is None:
-        return "nats-server is not on PATH (Debian: apt-get install nats-server)"
-    try:
-        import nats  # noqa: F401
-    except ImportError:
-        return "nats-py is not installed (pip install 'pyqueue[jetstream]')"
-    return None
 
 
 @pytest.fixture(scope="session")

@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import shutil
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
+
+
+def nats_missing() -> Optional[str]:
+    """Why the jetstream backend cannot be tested here, or None."""
+    if shutil.which("nats-server") is None:
+        return "nats-server is not on PATH (Debian: apt-get install nats-server)"
+    try:
+        import nats  # noqa: F401
+    except ImportError:
+        return "nats-py is not installed (pip install 'pyqueue[jetstream]')"
+    return None
 
 
 def drain(consumer: Any, timeout: float = 0.3, ack: bool = True) -> list:

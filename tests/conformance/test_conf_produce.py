@@ -9,7 +9,7 @@ import pytest
 import pyqueue
 from pyqueue._native import partition_for_key
 
-from support import busy_wait
+from conformance.support import busy_wait
 
 
 def test_send_then_read_back(broker):

@@ -9,7 +9,7 @@ import pytest
 
 import pyqueue
 
-from support import busy_wait, drain, until
+from conformance.support import busy_wait, drain, until
 
 
 def test_each_message_goes_to_one_member(broker):

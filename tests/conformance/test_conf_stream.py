@@ -8,7 +8,7 @@ import pytest
 
 import pyqueue
 
-from support import drain, until
+from conformance.support import drain, until
 
 
 def fill(topic, n, keys=10):
