@@ -8,9 +8,16 @@ names its stream in its ack subject, and counts against the oldest open
 request of its partition (a consumer serves waiting requests in order).  A request ends when `batch`
 messages came, or on a status: 404 (no messages: a no_wait request found
 none), 408 (expired, or a no_wait request delivered fewer than asked), 409
-(the consumer refuses: deleted, too many waiting requests, ...).  A request
-to a consumer that does not exist gets no answer at all (nats-server 2.9):
-it ends at its expiry plus a grace, or after request_timeout for no_wait.
+(the consumer refuses: deleted, too many waiting requests, ...).
+
+nats-server 2.9 leaves some requests unanswered: one to a consumer that
+does not exist, and a no_wait request once the consumer's MaxAckPending is
+reached (none at all when it is full, no 408 after a short batch).  So a
+no_wait request also ends when its last message says nothing more is
+pending (the ack subject's pending count is 0), when no message follows the
+last one within _QUIET, or when nothing came within _SILENCE; a waiting
+request ends at its expiry plus _GRACE.  Ending a request early only ends
+the wait: a late answer still lands in the buffer.
 
 Messages can arrive after the caller stopped waiting (a lingering request
 served just before it expired); they stay in the buffer, in order, and are
@@ -35,25 +42,29 @@ if TYPE_CHECKING:
 __all__ = ["Puller", "Request", "parse_reply", "first_seq_at_or_after"]
 
 _GRACE = 0.5        # seconds past a request's expiry before it is given up without an answer
+_SILENCE = 0.1      # seconds a no_wait request may go unanswered (the window is full, or no consumer)
+_QUIET = 0.005      # seconds without a next message that end a no_wait request's burst
 
 
-def parse_reply(reply: str) -> tuple[str, int, int, int]:
-    """(stream, delivery count, stream sequence, timestamp ns) from a
-    JetStream message's ack subject (the v1 form of 9 tokens, or the v2 form
-    of 11 or more)."""
+def parse_reply(reply: str) -> tuple[str, int, int, int, int]:
+    """(stream, delivery count, stream sequence, timestamp ns, pending) from
+    a JetStream message's ack subject (the v1 form of 9 tokens, or the v2
+    form of 11 or more)."""
     t = reply.split(".")
     if len(t) == 9:
-        return t[2], int(t[4]), int(t[5]), int(t[7])
-    return t[4], int(t[6]), int(t[7]), int(t[9])
+        return t[2], int(t[4]), int(t[5]), int(t[7]), int(t[8])
+    return t[4], int(t[6]), int(t[7]), int(t[9]), int(t[10])
 
 
 class Request:
     """One pull request: how many messages it may still bring, when it ends."""
 
-    __slots__ = ("partition", "remaining", "expires_at", "done", "answered")
+    __slots__ = ("partition", "remaining", "expires_at", "done", "answered", "no_wait", "quiet")
 
-    def __init__(self, partition: int, batch: int, expires_at: float) -> None:
+    def __init__(self, partition: int, batch: int, expires_at: float, no_wait: bool) -> None:
         self.answered = False         # a status or a message came for it
+        self.no_wait = no_wait
+        self.quiet: Any = None        # the timer that ends a no_wait burst
         self.partition = partition
         self.remaining = batch
         self.expires_at = expires_at
@@ -118,11 +129,11 @@ class Puller:
         body: dict[str, Any] = {"batch": batch}
         if no_wait:
             body["no_wait"] = True
-            ends = time.monotonic() + self.client.request_timeout
+            ends = time.monotonic() + _SILENCE
         else:
             body["expires"] = max(1_000_000, int(expires * 1e9))
             ends = time.monotonic() + expires + _GRACE
-        req = Request(partition, batch, ends)
+        req = Request(partition, batch, ends, no_wait)
         self._requests[rid] = req
         loop = asyncio.get_running_loop()
         loop.call_at(loop.time() + (ends - time.monotonic()), self._expire, rid)
@@ -151,7 +162,7 @@ class Puller:
         # A message keeps its own subject; its ack subject names the stream.
         # A consumer serves its waiting requests in order, so the message
         # counts against the partition's oldest open request.
-        stream, dc, seq, ts = parse_reply(msg.reply)
+        stream, dc, seq, ts, pending = parse_reply(msg.reply)
         partition = self._partition_of.get(stream)
         if partition is None:
             return
@@ -164,9 +175,13 @@ class Puller:
             if req.partition == partition:
                 req.answered = True
                 req.remaining -= 1
-                if req.remaining <= 0:
+                if req.remaining <= 0 or (req.no_wait and pending == 0):
                     del self._requests[rid]
                     req.finish()
+                elif req.no_wait:
+                    if req.quiet is not None:
+                        req.quiet.cancel()
+                    req.quiet = asyncio.get_running_loop().call_later(_QUIET, self._expire, rid)
                 break
 
     def forget(self, partition: int) -> list[JsMessage]:
