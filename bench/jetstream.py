@@ -2,7 +2,11 @@
 engine, on the same workloads, in one run:
 
     produce-1      one message per call: pyqueue send() (JetStream) /
-                   `await js.publish()` (nats-py) / send() (embedded, fsync=interval)
+                   `await js.publish()` (nats-py) / the same publish from
+                   synchronous code through run_coroutine_threadsafe
+                   (nats-py-from-sync) / pyqueue send() through the broker's
+                   loop thread (pyqueue-jetstream-bridged: connect(direct_sends=
+                   False)) / send() (embedded, fsync=interval)
     produce-batch  batches of --batch: send_batch() / publish_async + gather
                    per batch / send_batch()
     consume-ack    queue mode, poll_batch(--batch) then ack each message:
@@ -16,10 +20,13 @@ The JetStream rows use one 3-node cluster (started here on loopback ports
 unless --url is given), streams of 3 replicas on file storage, the same
 stream configuration for pyqueue and for nats-py, a fresh stream per
 measurement.  Repetitions are interleaved round robin over the rows, so a
-noisy moment hits all of them; medians are reported.  The cost of the
-pyqueue layer is pyqueue's time over nats-py's on the same workload, less 1.
+noisy moment hits all of them, and each round compares its rows with the
+nats-py row of the same round: the ratio reported is the median of these
+paired ratios (robust to the load of a shared machine drifting during the
+run), beside the median msgs/s.  The cost of the pyqueue layer is
+pyqueue's time over nats-py's on the same workload, less 1.
 
-    python bench/jetstream.py --json jetstream.json      (--quick, --n, --batch, --size, --repeats, --url)
+    python bench/jetstream.py --json jetstream.json   (--quick, --n, --batch, --size, --repeats, --only, --url)
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ def values(n: int, size: int) -> list[bytes]:
 
 def pq_produce_one(broker: Any, vals: list[bytes]) -> float:
     t = broker.topic(f"p1x{next(_serial)}")
+    t.send(b"warm-up")                   # connects this thread's sender the first time
     start = time.perf_counter()
     for v in vals:
         t.send(v)
@@ -63,6 +71,7 @@ def pq_produce_one(broker: Any, vals: list[bytes]) -> float:
 
 def pq_produce_batch(broker: Any, vals: list[bytes], batch: int) -> float:
     t = broker.topic(f"pbx{next(_serial)}")
+    t.send(b"warm-up")
     start = time.perf_counter()
     for i in range(0, len(vals), batch):
         t.send_batch(vals[i:i + batch], partition=0)
@@ -115,6 +124,7 @@ def raw_produce_one(raw: Raw, vals: list[bytes], replicas: int) -> float:
     async def go() -> float:
         name = await raw.stream(replicas)
         subject = f"raw.{name}"
+        await raw.js.publish(subject, b"warm-up")
         start = time.perf_counter()
         for v in vals:
             await raw.js.publish(subject, v)
@@ -122,10 +132,31 @@ def raw_produce_one(raw: Raw, vals: list[bytes], replicas: int) -> float:
     return raw.run(go())
 
 
+def raw_sync_produce_one(raw: Raw, vals: list[bytes], replicas: int) -> float:
+    """nats-py called from synchronous code: its loop on a thread, each
+    publish handed over with run_coroutine_threadsafe (what any sync
+    application of nats-py pays; pyqueue's bridge is the same idea)."""
+    name = raw.run(raw.stream(replicas))
+    subject = f"raw.{name}"
+    raw.run(raw.js.publish(subject, b"warm-up"))
+    import threading
+    thread = threading.Thread(target=raw.loop.run_forever, daemon=True)
+    thread.start()
+    try:
+        start = time.perf_counter()
+        for v in vals:
+            asyncio.run_coroutine_threadsafe(raw.js.publish(subject, v), raw.loop).result()
+        return time.perf_counter() - start
+    finally:
+        raw.loop.call_soon_threadsafe(raw.loop.stop)
+        thread.join()
+
+
 def raw_produce_batch(raw: Raw, vals: list[bytes], batch: int, replicas: int) -> float:
     async def go() -> float:
         name = await raw.stream(replicas)
         subject = f"raw.{name}"
+        await raw.js.publish(subject, b"warm-up")
         start = time.perf_counter()
         for i in range(0, len(vals), batch):
             futs = [await raw.js.publish_async(subject, v) for v in vals[i:i + batch]]
@@ -223,12 +254,13 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=5000, help="messages per measurement (default 5000)")
     ap.add_argument("--batch", type=int, default=500, help="batch size (default 500)")
     ap.add_argument("--size", type=int, default=100, help="value bytes (default 100)")
-    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--quick", action="store_true", help="n=1000, 2 repeats: a smoke run")
+    ap.add_argument("--only", nargs="*", default=[], help="workloads to run (produce-1, produce-batch, consume-ack)")
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     if args.quick:
-        args.n, args.repeats = 1000, 2
+        args.n, args.repeats = 1000, 3
 
     cluster = None
     url = args.url
@@ -237,13 +269,18 @@ def main() -> None:
         url = cluster.url
     root = tempfile.mkdtemp(prefix="pyqueue-bench-")
     broker = pyqueue.connect(url, namespace=f"bench{os.getpid()}")
+    bridged = pyqueue.connect(url, namespace=f"bench{os.getpid()}", direct_sends=False)
     replicas = broker.replicas
     raw = Raw(url)
     vals = values(args.n, args.size)
-    n_one = max(200, args.n // 5)        # a round trip per message: fewer of them
+    n_one = max(100, args.n // 20)       # a round trip per message: fewer of them, more rounds
     rows: dict[str, tuple[str, int, Callable[[], float]]] = {
         "produce-1/pyqueue-jetstream": ("produce-1", n_one, lambda: pq_produce_one(broker, vals[:n_one])),
+        "produce-1/pyqueue-jetstream-bridged": ("produce-1", n_one,
+                                                lambda: pq_produce_one(bridged, vals[:n_one])),
         "produce-1/nats-py": ("produce-1", n_one, lambda: raw_produce_one(raw, vals[:n_one], replicas)),
+        "produce-1/nats-py-from-sync": ("produce-1", n_one,
+                                        lambda: raw_sync_produce_one(raw, vals[:n_one], replicas)),
         "produce-1/pyqueue-embedded": ("produce-1", n_one, lambda: emb_produce_one(root, vals[:n_one])),
         "produce-batch/pyqueue-jetstream": ("produce-batch", args.n,
                                             lambda: pq_produce_batch(broker, vals, args.batch)),
@@ -254,6 +291,8 @@ def main() -> None:
         "consume-ack/nats-py": ("consume-ack", args.n, lambda: raw_consume(raw, vals, args.batch, replicas)),
         "consume-ack/pyqueue-embedded": ("consume-ack", args.n, lambda: emb_consume(root, vals, args.batch)),
     }
+    if args.only:
+        rows = {k: v for k, v in rows.items() if v[0] in args.only}
     times: dict[str, list[float]] = {k: [] for k in rows}
     try:
         for rep in range(args.repeats):
@@ -263,6 +302,7 @@ def main() -> None:
         bridge = [bridge_call(20000) for _ in range(args.repeats)]
     finally:
         broker.close()
+        bridged.close()
         raw.close()
         shutil.rmtree(root, ignore_errors=True)
         if cluster is not None:
@@ -270,16 +310,15 @@ def main() -> None:
 
     results: dict[str, Any] = {"machine": machine(nats_server=".".join(map(str, broker.client.version)),
                                                   replicas=replicas), "args": vars(args), "rows": {}}
-    print(f"\n{'workload':<15}{'implementation':<22}{'n':>7}{'msgs/s':>12}{'vs nats-py':>12}")
+    print(f"\n{'workload':<15}{'implementation':<30}{'n':>7}{'msgs/s':>12}{'time vs nats-py':>17}")
     for key, (work, n, _) in rows.items():
         med = statistics.median(times[key])
-        raw_med = statistics.median(times[f"{work}/nats-py"])
         impl = key.split("/", 1)[1]
-        ratio = med / raw_med
+        ratio = statistics.median(a / b for a, b in zip(times[key], times[f"{work}/nats-py"]))
         results["rows"][key] = {"workload": work, "n": n, "seconds": times[key], "median_s": med,
                                 "msgs_per_s": n / med, "time_vs_nats_py": ratio}
-        note = "" if impl == "nats-py" else f"{ratio:>11.2f}x"
-        print(f"{work:<15}{impl:<22}{n:>7}{n / med:>12,.0f}{note}")
+        note = "" if impl == "nats-py" else f"{ratio:>16.2f}x"
+        print(f"{work:<15}{impl:<30}{n:>7}{n / med:>12,.0f}{note}")
     through = statistics.median(b[0] for b in bridge)
     on_loop = statistics.median(b[1] for b in bridge)
     results["bridge"] = {"sync_call_s": through, "await_on_loop_s": on_loop}

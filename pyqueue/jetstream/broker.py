@@ -8,7 +8,9 @@ group_state.py); each is created on first use, with the broker's replicas.  A to
 with N partitions is N streams (naming.py), each replicated `replicas`
 times (default: 3, or the cluster's size if smaller).
 
-The broker is thread-safe; every blocking call has a deadline (`timeout`,
+Sends run on a connection of the sending thread's own (direct.py); the rest
+runs on the broker's loop thread (bridge.py).  The broker is thread-safe;
+every blocking call has a deadline (`timeout`,
 default 30 s, for calls that retry through a leader election; a single
 request waits at most `request_timeout`, default 2 s, before it is retried
 or reported).
@@ -26,8 +28,9 @@ from typing import Any, Optional
 from pyqueue.config import TopicConfig, validate_name
 from pyqueue.errors import Closed, ConfigError, CorruptionError, UnknownTopic
 from pyqueue.jetstream.bridge import Bridge
-from pyqueue.jetstream.client import (ERR_INSUFFICIENT_RESOURCES, ERR_NO_MESSAGE, ERR_REPLICAS_UNSUPPORTED,
-                                      ERR_STREAM_NOT_FOUND, ERR_WRONG_LAST_SEQ, ApiError, Client, parse_url)
+from pyqueue.jetstream.direct import DirectSenders
+from pyqueue.jetstream.client import (ERR_INSUFFICIENT_RESOURCES, ERR_REPLICAS_UNSUPPORTED, ERR_STREAM_NOT_FOUND,
+                                      ApiError, Client, parse_url)
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.naming import Names, unescape
 
@@ -42,16 +45,19 @@ _HEADER_ROOM = 8 * KiB
 
 def connect(url: str, *, namespace: str = "pq", replicas: Optional[int] = None, timeout: float = 30.0,
             connect_timeout: float = 5.0, request_timeout: float = 2.0,
-            name: Optional[str] = None) -> "JetStreamBroker":
+            name: Optional[str] = None, direct_sends: bool = True) -> "JetStreamBroker":
     """Connect to a JetStream cluster: "nats://host:port,nats://host:port,...".
 
     namespace: prefix of every stream, subject and bucket pyqueue creates.
     replicas: copies of each partition's stream (default min(3, cluster size)).
     timeout: how long a call may retry through failures before Unavailable.
     connect_timeout: how long connecting may take before Unavailable.
-    request_timeout: how long one request waits before it is retried."""
+    request_timeout: how long one request waits before it is retried.
+    direct_sends: each producing thread sends on a connection of its own,
+    driven by that thread (no thread handoff per send; see direct.py)."""
     return JetStreamBroker(url, namespace=namespace, replicas=replicas, timeout=timeout,
-                           connect_timeout=connect_timeout, request_timeout=request_timeout, name=name)
+                           connect_timeout=connect_timeout, request_timeout=request_timeout, name=name,
+                           direct_sends=direct_sends)
 
 
 def _seconds(name: str, value: object, lo: float, hi: float) -> float:
@@ -70,7 +76,7 @@ class JetStreamBroker:
 
     def __init__(self, url: str, *, namespace: str = "pq", replicas: Optional[int] = None,
                  timeout: float = 30.0, connect_timeout: float = 5.0, request_timeout: float = 2.0,
-                 name: Optional[str] = None) -> None:
+                 name: Optional[str] = None, direct_sends: bool = True) -> None:
         self.servers = parse_url(url)
         self.url = ",".join(self.servers)
         self.names = Names(namespace)
@@ -83,6 +89,9 @@ class JetStreamBroker:
         self._topics: dict[str, Any] = {}
         self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._closed = False
+        if not isinstance(direct_sends, bool):
+            raise TypeError("direct_sends must be a bool")
+        self._direct = DirectSenders(self) if direct_sends else None
         self._bridge = Bridge()
         try:
             self.client: Client = self._bridge.run(Client.open(
@@ -103,6 +112,15 @@ class JetStreamBroker:
             coro.close()
             raise Closed(f"broker {self.url} is closed")
         return self._bridge.run(coro, timeout)
+
+    def _send(self, make: Any) -> Any:
+        """Run make(client) for a send: on this thread's own connection
+        (direct sends), else on the broker's loop."""
+        if self._closed:
+            raise Closed(f"broker {self.url} is closed")
+        if self._direct is not None:
+            return self._direct.run(make)
+        return self._bridge.run(make(self.client))
 
     def _deadline(self, timeout: Optional[float] = None) -> float:
         return time.monotonic() + (self.timeout if timeout is None else timeout)
@@ -365,6 +383,8 @@ class JetStreamBroker:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        if self._direct is not None:
+            self._direct.close()
         client = getattr(self, "client", None)
         if client is not None:
             try:

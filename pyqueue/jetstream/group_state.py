@@ -15,7 +15,6 @@ coroutines run on the broker's loop.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any

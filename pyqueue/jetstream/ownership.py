@@ -37,7 +37,6 @@ import uuid
 from typing import TYPE_CHECKING, Any, Optional
 
 from pyqueue.jetstream.client import is_transient
-from pyqueue.jetstream.naming import Names
 
 if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker

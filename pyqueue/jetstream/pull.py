@@ -33,7 +33,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
-from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND, ApiError
+from pyqueue.jetstream.client import ERR_STREAM_NOT_FOUND, ApiError
 from pyqueue.jetstream.message import JsMessage, from_nats_headers
 
 if TYPE_CHECKING:

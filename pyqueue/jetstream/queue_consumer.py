@@ -41,14 +41,13 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
-import math
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from pyqueue.config import validate_name
 from pyqueue.consumer import STARTS, positive
-from pyqueue.errors import Closed, ConfigError, LeaseLost, OffsetOutOfRange, PartitionOutOfRange, PyQueueError
+from pyqueue.errors import Closed, ConfigError, LeaseLost, OffsetOutOfRange
 from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.group_state import ensure_group
@@ -71,14 +70,43 @@ _WPI = b"+WPI"
 
 
 class LeaseTable:
-    """The newest delivery count this process has seen per (partition,
-    sequence) of one group: an ack of an older delivery is LeaseLost.
-    Bounded: the oldest entries go past `capacity`."""
+    """What this process knows of one group's deliveries: the newest
+    delivery count it has seen per (partition, offset) (an ack of an older
+    delivery is LeaseLost), and the offsets it acked lately (acks are
+    asynchronous on the server: a late ack can lose the race with the
+    redelivery its expired lease caused, and that copy is acked again and
+    not handed out).  Bounded: the oldest entries go past `capacity`."""
 
     def __init__(self, capacity: int = 1 << 16) -> None:
         self._latest: "collections.OrderedDict[tuple[int, int], int]" = collections.OrderedDict()
+        self._acked: "collections.OrderedDict[tuple[int, int], float]" = collections.OrderedDict()
         self._lock = threading.Lock()
         self._capacity = capacity
+
+    def acked(self, partition: int, offset: int, ttl: float) -> None:
+        with self._lock:
+            k = (partition, offset)
+            self._acked[k] = time.monotonic() + ttl
+            self._acked.move_to_end(k)
+            while len(self._acked) > self._capacity:
+                self._acked.popitem(last=False)
+
+    def acked_lately(self, partition: int, offset: int) -> bool:
+        with self._lock:
+            until = self._acked.get((partition, offset))
+            if until is None:
+                return False
+            if until < time.monotonic():
+                del self._acked[(partition, offset)]
+                return False
+            return True
+
+    def forget_partition(self, partition: int) -> None:
+        """A seek: the partition's offsets may be delivered again."""
+        with self._lock:
+            for table in (self._latest, self._acked):
+                for k in [k for k in table if k[0] == partition]:
+                    del table[k]
 
     def note(self, partition: int, offset: int, count: int) -> None:
         with self._lock:
@@ -287,6 +315,10 @@ class JsQueueConsumer:
             m = buf.popleft()
             if m._deadline <= now:
                 continue
+            if self._leases.acked_lately(m.partition, m.offset):
+                m._done = True          # a copy of what this process acked: ack it too, drop it
+                asyncio.get_running_loop().create_task(self._broker.client.nc.publish(m._reply, _ACK))
+                continue
             self._leases.note(m.partition, m.offset, m.delivery_count)
             out.append(m)
         return out
@@ -325,6 +357,9 @@ class JsQueueConsumer:
         self._finish(m, "ack")
         self._send(m, _ACK)
         self._leases.forget(m.partition, m.offset, m.delivery_count)
+        if time.monotonic() > m._deadline - min(0.5, self._ack_wait / 4):
+            # Late (or nearly): the redelivery may be on its way.
+            self._leases.acked(m.partition, m.offset, 2 * self._ack_wait + 1.0)
 
     def _nack(self, m: JsMessage, delay: Optional[float]) -> None:
         """Return m to the queue after `delay` seconds, or the backoff's delay
@@ -434,6 +469,7 @@ class JsQueueConsumer:
             self._broker._run(self._reseek(partition, offset))
 
     async def _reseek(self, partition: int, offset: int) -> None:
+        self._leases.forget_partition(partition)
         for m in self._puller.forget(partition):
             m._done = True
         deliver = {"deliver_policy": "by_start_sequence", "opt_start_seq": offset + 1}

@@ -35,7 +35,6 @@ import hashlib
 import itertools
 import json
 import math
-import threading
 import time
 from typing import TYPE_CHECKING, Any, Iterable, Optional
 
@@ -143,14 +142,14 @@ class JetStreamTopic:
         self._size_check(value, key, headers)
         nh = to_nats_headers(key, headers, msg_id)
         deadline = self._broker._deadline(timeout)
-        ack = self._broker._run(self._publish(partition, value, nh, deadline, safe=msg_id is not None))
+        safe = msg_id is not None
+        ack = self._broker._send(lambda client: self._publish(client, partition, value, nh, deadline, safe))
         return Receipt(self.name, partition, int(ack["seq"]) - 1)
 
-    async def _publish(self, partition: int, value: bytes, headers: Optional[dict[str, str]],
+    async def _publish(self, client: Any, partition: int, value: bytes, headers: Optional[dict[str, str]],
                        deadline: float, safe: bool) -> dict:
-        """Publish and wait for the stream's ack; retried while it is safe."""
+        """Publish on `client` and wait for the stream's ack; retried while it is safe."""
         import nats.errors
-        client = self._client()
         subject = self._subjects[partition]
         attempt = 0
         while True:
@@ -165,7 +164,7 @@ class JetStreamTopic:
                 return resp
             except nats.errors.NoRespondersError as e:
                 # Nothing received it: always safe to retry, unless the stream is gone.
-                await self._check_stream(partition, deadline)
+                await self._check_stream(client, partition, deadline)
                 error: BaseException = e
             except nats.errors.ConnectionClosedError:
                 raise Closed(f"broker {self._broker.url} is closed") from None
@@ -191,9 +190,9 @@ class JetStreamTopic:
                                   f"after {attempt} attempts (last error: {describe(error)})") from error
             await asyncio.sleep(min(left, backoff(attempt)))
 
-    async def _check_stream(self, partition: int, deadline: float) -> None:
+    async def _check_stream(self, client: Any, partition: int, deadline: float) -> None:
         try:
-            await self._client().api(f"STREAM.INFO.{self._streams[partition]}",
+            await client.api(f"STREAM.INFO.{self._streams[partition]}",
                                      timeout=max(0.05, min(1.0, deadline - time.monotonic())))
         except ApiError as e:
             if e.err_code == ERR_STREAM_NOT_FOUND:
@@ -224,15 +223,15 @@ class JetStreamTopic:
         if not rows:
             return BatchReceipt(self.name, partition, range(0, 0))
         nh = to_nats_headers(key, headers)
-        seqs = self._broker._run(self._publish_many(partition, rows, nh, self._broker._deadline()))
+        deadline = self._broker._deadline()
+        seqs = self._broker._send(lambda client: self._publish_many(client, partition, rows, nh, deadline))
         offsets = [s - 1 for s in seqs]
         dense = offsets == list(range(offsets[0], offsets[0] + len(offsets)))
         return BatchReceipt(self.name, partition,
                             range(offsets[0], offsets[-1] + 1) if dense else tuple(offsets))  # type: ignore[arg-type]
 
-    async def _publish_many(self, partition: int, rows: list[bytes], headers: Optional[dict[str, str]],
-                            deadline: float) -> list[int]:
-        client = self._client()
+    async def _publish_many(self, client: Any, partition: int, rows: list[bytes],
+                            headers: Optional[dict[str, str]], deadline: float) -> list[int]:
         js = client.jetstream()
         subject = self._subjects[partition]
         futures = []
