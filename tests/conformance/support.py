@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 import time
 from typing import Any, Callable, Optional
@@ -11,9 +12,7 @@ def nats_missing() -> Optional[str]:
     """Why the jetstream backend cannot be tested here, or None."""
     if shutil.which("nats-server") is None:
         return "nats-server is not on PATH (Debian: apt-get install nats-server)"
-    try:
-        import nats  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("nats") is None:
         return "nats-py is not installed (pip install 'pyqueue[jetstream]')"
     return None
 

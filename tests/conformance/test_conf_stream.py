@@ -2,8 +2,6 @@
 ordering, time seeks, lag, assignment and rebalancing, a member killed
 with SIGKILL, and bad input."""
 
-import time
-
 import pytest
 
 import pyqueue
