@@ -84,11 +84,14 @@ def is_transient(e: BaseException) -> bool:
     """True for a failure that may pass by itself: a timeout, no responders,
     a lost connection being re-established, JetStream answering 503."""
     import nats.errors
+    import nats.js.errors
     if isinstance(e, ApiError):
         return e.code == 503
+    if isinstance(e, nats.js.errors.APIError):          # from nats-py's KV and JetStream calls
+        return e.code == 503 or isinstance(e, nats.js.errors.ServiceUnavailableError)
     return isinstance(e, (asyncio.TimeoutError, nats.errors.NoRespondersError,
                           nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
-                          nats.errors.OutboundBufferLimitError))
+                          nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError))
 
 
 TRANSIENT = is_transient

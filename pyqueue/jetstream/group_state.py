@@ -104,7 +104,6 @@ async def delete_group(broker: "JetStreamBroker", topic: "JetStreamTopic", group
     if meta is None:
         raise UnknownTopic(f"no group {group!r} on topic {topic.name!r}")
     queue_name = Names.queue_consumer(group)
-    stream_prefix = Names.stream_consumer(group, 0)[:-1]
     for p, stream in enumerate(topic._streams):
         try:
             names = await _consumer_names(broker, stream)
@@ -113,7 +112,7 @@ async def delete_group(broker: "JetStreamBroker", topic: "JetStreamTopic", group
                 continue
             raise
         for name in names:
-            if name == queue_name or (name.startswith(stream_prefix) and name[len(stream_prefix):].isdigit()):
+            if name == queue_name or Names.is_stream_consumer(name, group):
                 await _delete_consumer(broker, stream, name)
     await _purge(broker, f"{broker.names.group_prefix(topic.name, group)}.>")
 

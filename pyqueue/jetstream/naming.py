@@ -9,7 +9,8 @@ keeps every mapping below injective:
 
     topic T, partition p   stream   {ns}_{esc(T)}_{p}        subject  {ns}.{esc(T)}.{p}
     queue group G          consumer {esc(G)}                 (a shared durable, on every partition's stream)
-    stream group G         consumer {esc(G)}_s{generation}   (one per partition owner, R1)
+    stream group G         consumer {esc(G)}_s{generation}   (one per partition owner, R1;
+                                    re-made as ..._s{generation}r{k} if its server is lost)
     KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state)
     topic config key       {ns}.{esc(T)}
     group state key        {ns}.{esc(T)}.{esc(G)}.{what}
@@ -86,8 +87,14 @@ class Names:
         return escape(group)
 
     @staticmethod
-    def stream_consumer(group: str, generation: int) -> str:
-        return f"{escape(group)}_s{generation}"
+    def stream_consumer(group: str, generation: int, incarnation: int = 0) -> str:
+        base = f"{escape(group)}_s{generation}"
+        return base if incarnation == 0 else f"{base}r{incarnation}"
+
+    @staticmethod
+    def is_stream_consumer(name: str, group: str) -> bool:
+        """True for a consumer name that stream_consumer(group, ...) makes."""
+        return re.fullmatch(re.escape(escape(group)) + r"_s\d+(r\d+)?", name) is not None
 
     def topic_key(self, topic: str) -> str:
         return f"{self.ns}.{escape(topic)}"

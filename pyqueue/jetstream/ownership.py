@@ -177,6 +177,31 @@ class Ownership:
         self.parts.clear()
         await self._watch()
 
+    async def _retry(self, op: Any, what: str, deadline: Optional[float]) -> Any:
+        """await op() again on transient failures (a leader election of the
+        KV stream) until `deadline` (default: the broker's timeout from
+        now), then Unavailable.  CAS failures and missing keys pass through."""
+        import nats.js.errors
+        from pyqueue.jetstream.client import backoff, describe
+        from pyqueue.jetstream.errors import Unavailable
+        if deadline is None:
+            deadline = self.broker._deadline()
+        attempt = 0
+        while True:
+            try:
+                return await op()
+            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
+                raise
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                attempt += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"group {self.group!r} on topic {self.topic.name!r}: {what}: "
+                                      f"no answer from JetStream in time ({describe(e)})") from e
+                await asyncio.sleep(min(left, backoff(attempt)))
+
     # -- heartbeats --
 
     def _member_key(self, member: str) -> str:
@@ -214,10 +239,10 @@ class Ownership:
 
     # -- partitions --
 
-    async def _read_part(self, p: int) -> Optional[Part]:
+    async def _read_part(self, p: int, deadline: Optional[float] = None) -> Optional[Part]:
         import nats.js.errors
         try:
-            e = await self.kv.get(self._part_key(p))
+            e = await self._retry(lambda: self.kv.get(self._part_key(p)), f"reading partition {p}", deadline)
         except nats.js.errors.KeyNotFoundError:
             return None
         d = json.loads(e.value or b"{}")
@@ -227,28 +252,34 @@ class Ownership:
             self.parts[p] = part
         return part
 
-    async def claim(self, p: int, start_offset: int) -> Optional[Part]:
-        """Take partition p if it has no live owner: its new record (with the
-        generation this member owns it under), or None if it is taken.  A
-        new record starts at `start_offset`."""
+    async def claim(self, p: int, start_offset: int, deadline: float) -> Optional[Part]:
+        """Take partition p if it has no live owner other than this member:
+        its new record (with the generation this member owns it under), or
+        None if it is taken.  A new record starts at `start_offset`.
+        Unavailable after `deadline`; a claim whose answer was lost shows in
+        the record as this member's, and is taken again (a new generation)."""
         import nats.js.errors
         live = set(self.live_members())
         part = self.parts.get(p)
         if part is None:
-            part = await self._read_part(p)
+            part = await self._read_part(p, deadline)
+        key = self._part_key(p)
         try:
             if part is None:
                 record = {"owner": self.member_id, "gen": 1, "committed": start_offset}
-                rev = await self.kv.create(self._part_key(p), json.dumps(record).encode())
+                data = json.dumps(record).encode()
+                rev = await self._retry(lambda: self.kv.create(key, data), f"claiming partition {p}", deadline)
                 new = Part(rev, self.member_id, 1, start_offset)
             else:
                 if part.owner is not None and part.owner != self.member_id and part.owner in live:
                     return None
                 record = {"owner": self.member_id, "gen": part.gen + 1, "committed": part.committed}
-                rev = await self.kv.update(self._part_key(p), json.dumps(record).encode(), last=part.rev)
+                data, last = json.dumps(record).encode(), part.rev
+                rev = await self._retry(lambda: self.kv.update(key, data, last=last),
+                                        f"claiming partition {p}", deadline)
                 new = Part(rev, self.member_id, part.gen + 1, part.committed)
         except nats.js.errors.KeyWrongLastSequenceError:
-            await self._read_part(p)  # someone else moved first; judged again next time
+            await self._read_part(p, deadline)   # someone else moved first; judged again next time
             return None
         self._set(p, new)
         return new
@@ -258,21 +289,27 @@ class Ownership:
         if cur is None or part.rev > cur.rev:
             self.parts[p] = part
 
-    async def commit(self, p: int, gen: int, offset: int, release: bool = False) -> bool:
+    async def commit(self, p: int, gen: int, offset: int, release: bool = False,
+                     deadline: Optional[float] = None) -> bool:
         """Store `offset` as p's committed offset (and give p up if release).
-        False if this member no longer owns p under `gen` (fenced)."""
+        False if this member no longer owns p under `gen` (fenced);
+        Unavailable after `deadline`.  A commit whose answer was lost fails
+        its next CAS, re-reads the record (still this member's) and goes on."""
         import nats.js.errors
-        for _ in range(2):
+        key = self._part_key(p)
+        for _ in range(3):
             part = self.parts.get(p)
             if part is None or part.owner != self.member_id or part.gen != gen:
-                part = await self._read_part(p)
+                part = await self._read_part(p, deadline)
                 if part is None or part.owner != self.member_id or part.gen != gen:
                     return False
             record = {"owner": None if release else self.member_id, "gen": gen, "committed": offset}
+            data, last = json.dumps(record).encode(), part.rev
             try:
-                rev = await self.kv.update(self._part_key(p), json.dumps(record).encode(), last=part.rev)
+                rev = await self._retry(lambda: self.kv.update(key, data, last=last),
+                                        f"committing partition {p}", deadline)
             except nats.js.errors.KeyWrongLastSequenceError:
-                await self._read_part(p)
+                await self._read_part(p, deadline)
                 continue
             self._set(p, Part(rev, record["owner"], gen, offset))
             return True

@@ -27,7 +27,8 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pyqueue.consumer import STARTS, positive
 from pyqueue.errors import Closed, ConfigError, OffsetOutOfRange, PartitionOutOfRange, PyQueueError
-from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError
+from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError, backoff, is_transient
+from pyqueue.jetstream.errors import Unavailable
 from pyqueue.jetstream.group_state import ensure_group
 from pyqueue.jetstream.message import JsMessage
 from pyqueue.jetstream.naming import Names
@@ -46,11 +47,12 @@ _LINGER = 1.0
 class _Owned:
     """A partition this member owns: its generation, position and acks."""
 
-    __slots__ = ("gen", "position", "floor", "acked_above", "consumer", "committed")
+    __slots__ = ("gen", "position", "floor", "acked_above", "consumer", "incarnation", "committed")
 
     def __init__(self, gen: int, offset: int, consumer: str) -> None:
         self.gen = gen
         self.consumer = consumer
+        self.incarnation = 0        # bumped when the consumer is re-made under a new name
         self.position = offset      # next offset to deliver
         self.floor = offset         # every delivered offset below it is acked
         self.committed = offset     # what the record holds
@@ -131,9 +133,24 @@ class JsStreamConsumer:
         self._last_maintenance = now
         self._broker._run(self._amaintain(force))
         if self.auto_commit_interval and time.monotonic() - self._last_commit >= self.auto_commit_interval:
-            self.commit()
+            self._last_commit = time.monotonic()
+            try:
+                self._broker._run(self._commit_all(deadline=self._short_deadline()))
+            except Unavailable:
+                pass                # a leader election: the next auto-commit tries again
+
+    def _short_deadline(self) -> float:
+        """How long one maintenance step may wait out a failover before it is
+        left for the next one (polling must not stall on group bookkeeping)."""
+        return time.monotonic() + 2 * self._broker.request_timeout
 
     async def _amaintain(self, force: bool) -> None:
+        try:
+            await self._amaintain_once(force)
+        except Unavailable:
+            self._seen_changes = -1         # a failover: look again at the next maintenance
+
+    async def _amaintain_once(self, force: bool) -> None:
         own = self._own
         await own.refresh_if_stale()
         live = own.live_members()
@@ -165,45 +182,68 @@ class JsStreamConsumer:
             if p in self._owned:
                 continue
             part = self._own.parts.get(p)
-            if part is not None and part.owner is not None and part.owner in live:
-                continue                              # a live member holds it
+            if part is not None and part.owner not in (None, self.member_id) and part.owner in live:
+                continue                              # another live member holds it
             start, end = await self.topic._offsets(p)
-            new = await self._own.claim(p, start if self.start == "earliest" else end)
+            new = await self._own.claim(p, start if self.start == "earliest" else end, self._short_deadline())
             if new is None:
                 continue
             offset = min(max(new.committed, start), end)
             o = _Owned(new.gen, offset, Names.stream_consumer(self.group, new.gen))
             o.committed = new.committed
-            await self._make_consumer(p, o, previous_gen=new.gen - 1)
+            stale = [o.consumer] + ([Names.stream_consumer(self.group, new.gen - 1)] if new.gen > 1 else [])
+            await self._make_consumer(p, o, stale, self._short_deadline())
             self._owned[p] = o
 
-    async def _make_consumer(self, p: int, o: _Owned, previous_gen: int = 0) -> None:
-        """(Re)create this owner's consumer of partition p at o.position."""
+    async def _make_consumer(self, p: int, o: _Owned, stale: list[str], deadline: Optional[float] = None) -> None:
+        """Create this owner's consumer of partition p at o.position, after
+        deleting the consumers named in `stale` (best effort: one request
+        each; a consumer whose server is down idles out by itself)."""
         client = self._broker.client
         stream = self.topic._streams[p]
-        deadline = self._broker._deadline()
+        if deadline is None:
+            deadline = self._broker._deadline()
         what = f"stream group {self.group!r} on topic {self.topic.name!r} partition {p}"
-        for name in {o.consumer} | ({Names.stream_consumer(self.group, previous_gen)} if previous_gen > 0 else set()):
+        for name in dict.fromkeys(stale):
             try:
-                await client.api_retry(f"CONSUMER.DELETE.{stream}.{name}", deadline=deadline, what=what)
-            except ApiError as e:
-                if e.err_code != ERR_CONSUMER_NOT_FOUND:
-                    raise
+                await client.api(f"CONSUMER.DELETE.{stream}.{name}")
+            except Exception:
+                pass
         idle = max(30.0, 3 * self.session_timeout)
-        config = {"durable_name": o.consumer, "ack_policy": "none", "deliver_policy": "by_start_sequence",
-                  "opt_start_seq": o.position + 1, "replay_policy": "instant", "num_replicas": 1,
-                  "mem_storage": True, "inactive_threshold": int(idle * 1e9), "max_waiting": 512,
-                  "description": f"pyqueue stream group {self.group} member {self.member_id}"}
-        await client.api_retry(f"CONSUMER.DURABLE.CREATE.{stream}.{o.consumer}",
-                               {"stream_name": stream, "config": config}, deadline=deadline, what=what)
+        attempt = 0
+        while True:
+            config = {"durable_name": o.consumer, "ack_policy": "none", "deliver_policy": "by_start_sequence",
+                      "opt_start_seq": o.position + 1, "replay_policy": "instant", "num_replicas": 1,
+                      "mem_storage": True, "inactive_threshold": int(idle * 1e9), "max_waiting": 512,
+                      "description": f"pyqueue stream group {self.group} member {self.member_id}"}
+            try:
+                await client.api(f"CONSUMER.DURABLE.CREATE.{stream}.{o.consumer}",
+                                 {"stream_name": stream, "config": config}, what=what)
+                return
+            except Exception as e:
+                if not (is_transient(e) or (isinstance(e, ApiError) and e.code == 503)):
+                    raise
+                error: BaseException = e
+            # No answer: the server it was placed on may be down and not yet
+            # known to be.  Another name gets another placement.
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"{what}: its consumer could not be created in time ({error!r})") from error
+            o.incarnation += 1
+            o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
+            await asyncio.sleep(min(left, backoff(attempt)))
 
-    async def _release_partition(self, p: int) -> None:
+    async def _release_partition(self, p: int, deadline: Optional[float] = None) -> None:
+        """Commit and give p up.  If the record cannot be written (a
+        failover), p stays owned, to be released at the next rebalance."""
         o = self._owned.get(p)
         if o is None:
             return
         offset = min(o.floor, o.position)
+        await self._own.commit(p, o.gen, offset, release=True,
+                               deadline=self._short_deadline() if deadline is None else deadline)
         self._drop(p)
-        await self._own.commit(p, o.gen, offset, release=True)
         try:
             await self._broker.client.api(f"CONSUMER.DELETE.{self.topic._streams[p]}.{o.consumer}")
         except Exception:
@@ -285,21 +325,32 @@ class JsStreamConsumer:
         return self._take(n)
 
     async def _recover(self, p: int) -> None:
-        """A pull request got no answer: if the consumer is gone (its server
-        died, or it idled out), make it again at the position."""
+        """A pull request got no answer: if the consumer is gone (it idled
+        out) or does not answer (the server holding its one replica is
+        down), make it again at the position, under a new name (the meta
+        layer may still assign the old one to the lost server)."""
         o = self._owned.get(p)
         if o is None:
             return
         try:
             await self._broker.client.api(f"CONSUMER.INFO.{self.topic._streams[p]}.{o.consumer}")
-            return
+            return                                 # it is there: the server was only slow
         except ApiError as e:
-            if e.err_code != ERR_CONSUMER_NOT_FOUND:
+            if e.err_code != ERR_CONSUMER_NOT_FOUND and e.code != 503:
                 return
-        except Exception:
+        except Exception as e:
+            if not is_transient(e):
+                return
+        if self._owned.get(p) is not o:
             return
         self._puller.forget(p)
-        await self._make_consumer(p, o)
+        old = o.consumer
+        o.incarnation += 1
+        o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
+        try:
+            await self._make_consumer(p, o, [old], self._short_deadline())
+        except Unavailable:
+            pass                     # the next poll finds it unanswered again and retries
 
     def _take(self, n: int) -> list[JsMessage]:
         """Buffered messages of owned partitions, in order: a repeat (below
@@ -346,13 +397,13 @@ class JsStreamConsumer:
         self._broker._run(self._commit_all())
         self._last_commit = time.monotonic()
 
-    async def _commit_all(self, release: bool = False) -> None:
+    async def _commit_all(self, release: bool = False, deadline: Optional[float] = None) -> None:
         for p, o in list(self._owned.items()):
             with self._ack_lock:
                 offset = min(o.floor, o.position)
             if offset == o.committed and not release:
                 continue
-            if await self._own.commit(p, o.gen, offset, release=release):
+            if await self._own.commit(p, o.gen, offset, release=release, deadline=deadline):
                 o.committed = offset
             else:
                 self._drop(p)                      # fenced: another member owns it now
@@ -378,7 +429,7 @@ class JsStreamConsumer:
 
     async def _reseek(self, p: int, o: _Owned) -> None:
         self._puller.forget(p)
-        await self._make_consumer(p, o)
+        await self._make_consumer(p, o, [o.consumer])
 
     def seek_to_time(self, ts: float) -> None:
         """Seek every assigned partition to the first message at or after ts."""
@@ -429,8 +480,12 @@ class JsStreamConsumer:
 
     async def _stop(self) -> None:
         try:
+            deadline = self._broker._deadline()
             for p in list(self._owned):
-                await self._release_partition(p)
+                try:
+                    await self._release_partition(p, deadline)
+                except Unavailable:
+                    self._drop(p)      # leaving: the others take it once this member's record is gone
         finally:
             await self._puller.stop()
             await self._own.leave()

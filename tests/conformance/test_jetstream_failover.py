@@ -1,10 +1,12 @@
-"""Failover: producers and a queue-mode worker run in their own processes
-while the nats-server that leads the topic's stream is killed with SIGKILL.
+"""Failover: producers, a queue-mode worker and a stream-mode reader run in
+their own processes while the nats-server that leads the topic's stream is
+killed with SIGKILL.
 
 Sends retry with their dedup id through the election: the stream ends with
 every message exactly once.  The worker goes on and processes every message
-at least once.  The killed node is started again on its store and catches
-up (the leader reports its replica current)."""
+at least once; the reader reads every message, each producer's in order.
+The killed node is started again on its store and catches up (the leader
+reports its replica current)."""
 
 import pytest
 
@@ -21,6 +23,15 @@ CONNECT = """
 import sys, pyqueue
 broker = pyqueue.connect(sys.argv[1], namespace="failover", timeout=90.0, request_timeout=1.0)
 t = broker.topic("orders")
+"""
+
+READER = CONNECT + """
+c = t.consumer("audit", mode="stream", session_timeout=3.0)
+print("ready", flush=True)
+while True:
+    for m in c.poll_batch(500, timeout=1.0):
+        print("r", m.value.decode(), flush=True)
+        m.ack()
 """
 
 PRODUCER = CONNECT + """
@@ -50,7 +61,9 @@ def test_leader_killed_under_load(children):
         t = b.topic("orders")
         stream = t._streams[0]
         worker = children.spawn(WORKER, cluster.url)
+        reader = children.spawn(READER, cluster.url)
         assert worker.line(timeout=60) == "ready", worker.describe()
+        assert reader.line(timeout=60) == "ready", reader.describe()
         producers = [children.spawn(PRODUCER, cluster.url, name, PER_PRODUCER) for name in ("a", "b")]
         for p in producers:
             while not p.line(timeout=60).startswith(f"sent {KILL_AFTER} "):
@@ -79,6 +92,19 @@ def test_leader_killed_under_load(children):
             assert kind == "p"
             processed.add(value)
         assert processed == expected
+
+        # The reader read everything; each producer's messages in their order.
+        first_seen: list[str] = []
+        seen: set[str] = set()
+        while not expected <= seen:
+            kind, value = reader.line(timeout=120).split(" ")
+            assert kind == "r"
+            if value not in seen:
+                seen.add(value)
+                first_seen.append(value)
+        for name in ("a", "b"):
+            mine = [int(v.split("-")[1]) for v in first_seen if v.startswith(name + "-")]
+            assert mine == list(range(PER_PRODUCER))
 
         # The killed node comes back on its store and catches up.
         cluster.restart(victim)
