@@ -22,8 +22,8 @@ stream configuration for pyqueue and for nats-py, a fresh stream per
 measurement.  Repetitions are interleaved round robin over the rows, so a
 noisy moment hits all of them, and each round compares its rows with the
 nats-py row of the same round: the ratio reported is the median of these
-paired ratios (robust to the load of a shared machine drifting during the
-run), beside the median msgs/s.  The cost of the pyqueue layer is
+paired ratios, with their quartiles (robust to the load of a shared
+machine drifting during the run), beside the median msgs/s.  The cost of the pyqueue layer is
 pyqueue's time over nats-py's on the same workload, less 1.
 
     python bench/jetstream.py --json jetstream.json   (--quick, --n, --batch, --size, --repeats, --only, --url)
@@ -310,14 +310,17 @@ def main() -> None:
 
     results: dict[str, Any] = {"machine": machine(nats_server=".".join(map(str, broker.client.version)),
                                                   replicas=replicas), "args": vars(args), "rows": {}}
-    print(f"\n{'workload':<15}{'implementation':<30}{'n':>7}{'msgs/s':>12}{'time vs nats-py':>17}")
+    print(f"\n{'workload':<15}{'implementation':<30}{'n':>7}{'msgs/s':>12}{'time vs nats-py (quartiles)':>29}")
     for key, (work, n, _) in rows.items():
         med = statistics.median(times[key])
         impl = key.split("/", 1)[1]
-        ratio = statistics.median(a / b for a, b in zip(times[key], times[f"{work}/nats-py"]))
+        paired = sorted(a / b for a, b in zip(times[key], times[f"{work}/nats-py"]))
+        ratio = statistics.median(paired)
+        q1, q3 = (statistics.quantiles(paired, n=4)[0::2] if len(paired) > 1 else (ratio, ratio))
         results["rows"][key] = {"workload": work, "n": n, "seconds": times[key], "median_s": med,
-                                "msgs_per_s": n / med, "time_vs_nats_py": ratio}
-        note = "" if impl == "nats-py" else f"{ratio:>16.2f}x"
+                                "msgs_per_s": n / med, "time_vs_nats_py": ratio,
+                                "time_vs_nats_py_quartiles": [q1, q3]}
+        note = "" if impl == "nats-py" else f"{ratio:>9.2f}x ({q1:.2f}-{q3:.2f})"
         print(f"{work:<15}{impl:<30}{n:>7}{n / med:>12,.0f}{note}")
     through = statistics.median(b[0] for b in bridge)
     on_loop = statistics.median(b[1] for b in bridge)
