@@ -92,18 +92,31 @@ class Ownership:
     # -- the view --
 
     async def start(self) -> None:
-        await self._beat()
+        """Write the first heartbeat and start the view.  Through a failover
+        either may fail for now: heartbeats go on in the background and the
+        view is made again at a maintenance step (ready() is False till then)."""
+        try:
+            await self._beat()
+        except Exception as e:
+            if not is_transient(e):
+                raise
         self._beat_task = asyncio.get_running_loop().create_task(self._beat_loop())
-        await self._watch()
+        await self.refresh()
+
+    def ready(self) -> bool:
+        """True if the view is in sync and fresh enough to decide on: its
+        watcher delivered every record once and sees this member's heartbeats."""
+        return (self._watcher is not None and self._synced is not None and self._synced.is_set()
+                and not self.stale())
 
     async def _watch(self) -> None:
         self._synced = asyncio.Event()
         self._watcher = await self.kv.watch(f"{self.prefix}.>")
         self._watch_task = asyncio.get_running_loop().create_task(self._consume(self._watcher, self._synced))
         try:
-            await asyncio.wait_for(self._synced.wait(), self.broker.timeout)
+            await asyncio.wait_for(self._synced.wait(), 2 * self.broker.request_timeout)
         except asyncio.TimeoutError:
-            pass                      # the view fills in as updates come
+            pass                      # the view fills in as updates come; ready() waits for it
 
     async def _consume(self, watcher: Any, synced: asyncio.Event) -> None:
         while True:
@@ -168,14 +181,25 @@ class Ownership:
         return sorted(live)
 
     async def refresh_if_stale(self) -> None:
-        """Re-make the watcher when the view went stale."""
-        if not self.stale() or self.closed:
+        """Re-make the watcher when the view went stale (or could not be made)."""
+        if self.closed or (self._watcher is not None and not self.stale()):
             return
+        await self.refresh()
+
+    async def refresh(self) -> None:
+        """A new watcher and an empty view, filled from the records' current
+        values.  A transient failure leaves no watcher (ready() is False)."""
         await self._stop_watch()
         self._own_seen = time.monotonic()
         self.members.clear()
         self.parts.clear()
-        await self._watch()
+        self.changes += 1
+        try:
+            await self._watch()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            await self._stop_watch()
 
     async def _retry(self, op: Any, what: str, deadline: Optional[float]) -> Any:
         """await op() again on transient failures (a leader election of the

@@ -147,12 +147,16 @@ class JsStreamConsumer:
     async def _amaintain(self, force: bool) -> None:
         try:
             await self._amaintain_once(force)
-        except Unavailable:
+        except Exception as e:
+            if not (isinstance(e, Unavailable) or is_transient(e)):
+                raise
             self._seen_changes = -1         # a failover: look again at the next maintenance
 
     async def _amaintain_once(self, force: bool) -> None:
         own = self._own
         await own.refresh_if_stale()
+        if not own.ready():
+            return                          # no decision on a view that is not in sync
         live = own.live_members()
         if live != self._last_live:
             self._last_live = live
