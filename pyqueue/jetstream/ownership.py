@@ -247,7 +247,7 @@ class Ownership:
             except asyncio.CancelledError:
                 raise
             except Exception:
-                pass                 # a failover: the next beat may pass; the session allows 3 misses
+                pass                 # a failover: the next beat may pass; session_timeout allows 3 misses
 
     async def reap(self) -> None:
         """Delete the records of members this (fresh) view finds dead."""

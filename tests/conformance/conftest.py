@@ -2,7 +2,7 @@
 
 `backend` is parametrized over "embedded" (a broker directory) and
 "jetstream" (a real 3-node nats-server cluster on loopback ports, started
-once per session and stopped by pid at its end).  `broker` is an open
+once per test run and stopped by pid at its end).  `broker` is an open
 broker of that backend; `reopen()` opens another handle on the same data
 (the same directory, or the same cluster and namespace), as a restarted
 process would.  Each test gets its own namespace on the cluster, so tests
@@ -50,12 +50,14 @@ _counter = itertools.count()
 
 @pytest.fixture(scope="session")
 def nats_cluster():
-    """A 3-node JetStream cluster on 127.0.0.1 for the whole session."""
+    """A 3-node JetStream cluster on 127.0.0.1 for the whole test run."""
     why = nats_missing()
     if why:
         pytest.skip(f"jetstream backend: {why}")
-    from pyqueue.jetstream.localcluster import LocalCluster
-    cluster = LocalCluster(3).start()
+    from pyqueue.jetstream.localcluster import LocalCluster, find_server, server_version
+    # fsync every write where the server knows how (2.10+); 2.9 has no such option.
+    sync = "always" if server_version(find_server()) >= (2, 10, 0) else None
+    cluster = LocalCluster(3, sync_interval=sync).start()
     try:
         yield cluster
     finally:

@@ -1,4 +1,4 @@
-"""Helpers for the conformance tests (imported by the test modules)."""
+"""Shared functions of the conformance tests (imported by the test modules)."""
 
 from __future__ import annotations
 
