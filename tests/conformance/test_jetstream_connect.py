@@ -100,3 +100,34 @@ def test_the_server_version_is_checked(nats_cluster):
     with pyqueue.connect(nats_cluster.url) as b:
         assert b.server_version >= (2, 9, 0)
         assert b.stats()["server_version"].startswith("2.")
+
+
+def test_sends_from_threads_and_from_inside_an_event_loop(nats_cluster):
+    import asyncio
+    import threading
+    with pyqueue.connect(nats_cluster.url, namespace="threads") as b:
+        t = b.topic("t")
+        try:
+            def produce(name):
+                for i in range(50):
+                    t.send(b"%s-%d" % (name, i))
+
+            threads = [threading.Thread(target=produce, args=(b"t%d" % k,)) for k in range(4)]
+            for th in threads:
+                th.start()
+            for th in threads:
+                th.join()
+
+            async def inside_a_loop():          # this thread runs a loop: sends go through the broker's
+                return t.send(b"from-a-loop")
+
+            r = asyncio.run(inside_a_loop())
+            values = [m.value for m in t.read(0, 0, max_messages=1000)]
+            assert len(values) == len(set(values)) == 201 and values[r.offset] == b"from-a-loop"
+            for k in range(4):
+                mine = [v for v in values if v.startswith(b"t%d-" % k)]
+                assert mine == [b"t%d-%d" % (k, i) for i in range(50)]     # each thread's in order
+        finally:
+            b.delete_topic("t")
+    with pytest.raises(pyqueue.Closed):
+        t.send(b"after close")
