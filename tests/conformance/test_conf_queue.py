@@ -58,10 +58,10 @@ def test_ack_after_expiry_but_before_redelivery_is_accepted(broker):
 def test_extend_keeps_the_lease(broker):
     t = broker.topic("t")
     t.send(b"slow")
-    c = t.consumer("w", mode="queue", visibility_timeout=0.4)
+    c = t.consumer("w", mode="queue", visibility_timeout=1.0)
     m = c.poll(timeout=5)
-    m.extend(3.0)
-    assert c.poll(timeout=1.2) is None          # would have expired thrice without extend
+    m.extend(6.0)
+    assert c.poll(timeout=3.0) is None          # would have expired thrice without extend
     m.ack()
     with pytest.raises(pyqueue.LeaseLost):
         m.extend(1.0)
@@ -171,9 +171,9 @@ def test_start_latest_and_seek(broker):
 def test_auto_ack(broker):
     t = broker.topic("t")
     t.send(b"x")
-    c = t.consumer("w", mode="queue", auto_ack=True, visibility_timeout=0.2)
+    c = t.consumer("w", mode="queue", auto_ack=True, visibility_timeout=0.5)
     assert c.poll(timeout=5).value == b"x"
-    assert c.poll(timeout=0.6) is None
+    assert c.poll(timeout=1.5) is None
 
 
 def test_poison_message_retried_with_growing_gaps_then_dead_lettered(broker):
