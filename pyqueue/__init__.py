@@ -1,6 +1,8 @@
 """pyqueue: an embedded, durable, multi-process message queue, log and job
 scheduler.  A broker is a directory; open it with pyqueue.open(path)."""
 
+from typing import Any
+
 from pyqueue._native import Message, Receipt, TimerWheel
 from pyqueue.broker import Broker, open
 from pyqueue.config import TopicConfig
@@ -13,8 +15,17 @@ from pyqueue.topic import BatchReceipt, Topic
 
 __version__ = "0.1.0"
 
+
+def connect(url: str, **options: object) -> "Any":
+    """Connect to a NATS JetStream cluster ("nats://host:port,..."): a broker
+    with the same API as open(path); see pyqueue.jetstream.connect for the
+    options.  Needs nats-py: pip install 'pyqueue[jetstream]'."""
+    from pyqueue.jetstream import connect as _connect
+    return _connect(url, **options)  # type: ignore[arg-type]
+
+
 __all__ = [
-    "open", "Broker", "TimerWheel", "Backoff", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
+    "open", "connect", "Broker", "TimerWheel", "Backoff", "Topic", "TopicConfig", "Message", "Receipt", "BatchReceipt", "RecordBatch",
     "PyQueueError", "ConfigError", "InvalidName", "MessageTooLarge", "QueueFull", "CorruptionError",
     "OffsetOutOfRange", "PartitionOutOfRange", "UnknownTopic", "LeaseLost", "MemberFenced", "TableFull",
     "Closed", "StorageError",

@@ -1,0 +1,292 @@
+"""Client: one nats-py connection and the JetStream API requests pyqueue makes
+over it, with bounded timeouts and errors mapped to pyqueue's.
+
+URLs: one string of comma-separated nats://host[:port] or tls://host[:port]
+(port 4222 by default); anything else is a ConfigError naming the URL.
+Connecting gives up after `connect_timeout` seconds (Unavailable, naming
+the URLs and the last error).  The server must be nats-server 2.9 or newer
+with JetStream enabled (Unsupported, Unavailable otherwise).  After a lost
+connection the client reconnects to any node of the cluster without limit;
+each call has its own deadline.
+
+Transient failures (a request timed out, no responder, JetStream answered
+503 while a leader is being elected) are retried by api_retry() until its
+deadline, for requests that are safe to repeat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import time
+import urllib.parse
+from typing import Any, Optional
+
+from pyqueue.errors import Closed, ConfigError
+from pyqueue.jetstream.errors import Unavailable, Unsupported
+
+__all__ = ["Client", "ApiError", "parse_url", "MIN_SERVER", "TRANSIENT"]
+
+MIN_SERVER = (2, 9, 0)
+_SCHEMES = ("nats", "tls")
+DEFAULT_PORT = 4222
+
+# JetStream error codes pyqueue looks at (nats-server's errors.json).
+ERR_STREAM_NOT_FOUND = 10059
+ERR_CONSUMER_NOT_FOUND = 10014
+ERR_NO_MESSAGE = 10037
+ERR_WRONG_LAST_SEQ = 10071
+ERR_MSG_TOO_LARGE = 10054
+ERR_INSUFFICIENT_RESOURCES = 10023
+ERR_REPLICAS_UNSUPPORTED = 10074
+ERR_STREAM_NAME_IN_USE = 10058
+
+
+class ApiError(Exception):
+    """An error answer of the JetStream API (internal; mapped by callers)."""
+
+    def __init__(self, code: int, err_code: int, description: str, what: str = "") -> None:
+        super().__init__(f"{what}: {description} (code {code}, error {err_code})" if what else description)
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+def parse_url(url: object) -> list[str]:
+    """The server URLs of a connect string; ConfigError naming a bad one."""
+    if not isinstance(url, str):
+        raise TypeError(f"url must be str, not {type(url).__name__}")
+    out = []
+    for part in url.split(","):
+        part = part.strip()
+        if not part:
+            raise ConfigError(f"url {url!r} has an empty server address")
+        if "://" not in part:
+            raise ConfigError(f"server address {part!r} has no scheme; use nats://host:port")
+        try:
+            u = urllib.parse.urlsplit(part)
+            port = u.port
+        except ValueError as e:
+            raise ConfigError(f"server address {part!r} is not a URL ({e})") from None
+        if u.scheme not in _SCHEMES:
+            raise ConfigError(f"server address {part!r} has scheme {u.scheme!r}; "
+                              f"the JetStream backend takes {' or '.join(s + '://' for s in _SCHEMES)}")
+        if not u.hostname:
+            raise ConfigError(f"server address {part!r} has no host")
+        if u.path not in ("", "/") or u.query or u.fragment:
+            raise ConfigError(f"server address {part!r} has a path or query; use nats://host:port")
+        out.append(f"{u.scheme}://{u.netloc}" if port else f"{u.scheme}://{u.netloc}:{DEFAULT_PORT}")
+    return out
+
+
+def is_transient(e: BaseException) -> bool:
+    """True for a failure that may pass by itself: a timeout, no responders,
+    a lost connection being re-established, JetStream answering 503."""
+    import nats.errors
+    import nats.js.errors
+    if isinstance(e, ApiError):
+        return e.code == 503
+    if isinstance(e, nats.js.errors.APIError):          # from nats-py's KV and JetStream calls
+        return e.code == 503 or isinstance(e, nats.js.errors.ServiceUnavailableError)
+    return isinstance(e, (asyncio.TimeoutError, nats.errors.NoRespondersError,
+                          nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
+                          nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError))
+
+
+TRANSIENT = is_transient
+
+
+class Client:
+    """A connection to a JetStream cluster.  Its methods are coroutines, run
+    on the broker's Bridge loop."""
+
+    def __init__(self, nc: Any, servers: list[str], request_timeout: float) -> None:
+        self.nc = nc
+        self.servers = servers
+        self.request_timeout = request_timeout
+        self.version: tuple[int, int, int] = _version(nc)
+        self.cluster_size = 1 + len(nc._server_info.get("connect_urls") or []) if nc._server_info.get("cluster") else 1
+        self.last_error: Optional[BaseException] = None
+        self._js: Any = None
+
+    def jetstream(self) -> Any:
+        """The connection's nats-py JetStream context (publish_async keeps
+        its reply subscription there, so there is one)."""
+        if self._js is None:
+            self._js = self.nc.jetstream(timeout=self.request_timeout, publish_async_max_pending=65536)
+        return self._js
+
+    @classmethod
+    async def open(cls, servers: list[str], *, connect_timeout: float, request_timeout: float,
+                   name: Optional[str]) -> "Client":
+        """Connect and check the server: Unavailable or Unsupported on failure,
+        within connect_timeout seconds."""
+        try:
+            import nats
+        except ImportError as e:     # pragma: no cover - the extra is missing
+            raise Unsupported("the JetStream backend needs nats-py: pip install 'pyqueue[jetstream]'") from e
+        errors: list[BaseException] = []
+
+        async def on_error(e: Exception) -> None:
+            errors.append(e)
+            del errors[:-5]
+
+        nc = nats.NATS()
+        deadline = time.monotonic() + connect_timeout
+        try:
+            await asyncio.wait_for(nc.connect(
+                # nats-py annotates these as int but takes seconds as float
+                servers=servers, name=name or "pyqueue",
+                connect_timeout=max(0.2, min(2.0, connect_timeout)),  # type: ignore[arg-type]
+                allow_reconnect=True, max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,  # type: ignore[arg-type]
+                dont_randomize=False, error_cb=on_error, ping_interval=5, max_outstanding_pings=3),
+                connect_timeout)
+        except asyncio.CancelledError:
+            await _close_quietly(nc)
+            raise
+        except Exception as e:
+            await _close_quietly(nc)
+            last = errors[-1] if errors else e
+            why = "timed out" if isinstance(e, asyncio.TimeoutError) else "failed"
+            raise Unavailable(f"connecting to {', '.join(servers)} {why} after {connect_timeout:g} s "
+                              f"(last error: {_describe(last)})") from e
+        client = cls(nc, servers, request_timeout)
+        try:
+            await client._check_server(deadline)
+        except BaseException:
+            await _close_quietly(nc)
+            raise
+        nc._error_cb = client._on_error
+        return client
+
+    async def _on_error(self, e: Exception) -> None:
+        self.last_error = e
+
+    async def _check_server(self, deadline: float) -> None:
+        url = self.nc.connected_url.geturl() if self.nc.connected_url else self.servers[0]
+        if self.version < MIN_SERVER:
+            raise Unsupported(f"{url} runs nats-server {'.'.join(map(str, self.version))}; the JetStream "
+                              f"backend needs {'.'.join(map(str, MIN_SERVER))} or newer")
+        if not self.nc._server_info.get("jetstream"):
+            raise Unavailable(f"{url} (nats-server {'.'.join(map(str, self.version))}) has JetStream "
+                              f"disabled: start it with -js or a jetstream {{}} block")
+        last: Optional[BaseException] = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"JetStream at {url} did not answer within the connect timeout "
+                                  f"(last error: {_describe(last)}): is a meta leader elected?")
+            try:
+                await self.api("INFO", None, timeout=min(left, 1.0))
+                return
+            except ApiError as e:
+                if e.code != 503:
+                    raise Unavailable(f"JetStream at {url} refused this account: {e.description}") from e
+                last = e
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                last = e
+            await asyncio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    # -- requests --
+
+    async def api(self, suffix: str, body: Any = None, *, timeout: Optional[float] = None,
+                  what: str = "") -> dict:
+        """One request to $JS.API.<suffix>; the JSON answer, or ApiError.
+        Raises nats' TimeoutError / NoRespondersError as they are."""
+        import nats.errors
+        payload = b"" if body is None else json.dumps(body).encode()
+        if self.nc.is_closed:
+            raise Closed("the JetStream connection is closed")
+        try:
+            msg = await self.nc.request(f"$JS.API.{suffix}", payload, timeout=timeout or self.request_timeout)
+        except nats.errors.ConnectionClosedError:
+            raise Closed("the JetStream connection is closed") from None
+        resp = json.loads(msg.data) if msg.data else {}
+        err = resp.get("error")
+        if err:
+            raise ApiError(err.get("code", 0), err.get("err_code", 0), err.get("description", ""), what)
+        return resp
+
+    async def api_retry(self, suffix: str, body: Any = None, *, deadline: float, what: str) -> dict:
+        """api() retried on transient failures until `deadline` (monotonic);
+        then Unavailable naming `what`.  Only for requests safe to repeat."""
+        attempt = 0
+        while True:
+            left = deadline - time.monotonic()
+            try:
+                return await self.api(suffix, body, timeout=max(0.05, min(left, self.request_timeout)), what=what)
+            except Exception as e:
+                if not is_transient(e):
+                    raise
+                attempt += 1
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise Unavailable(f"{what}: no answer from JetStream in time "
+                                      f"(last error: {_describe(e)})") from e
+                await asyncio.sleep(min(left, _backoff(attempt)))
+
+    async def kv_keys(self, bucket: str, pattern: str, *, deadline: float) -> list[str]:
+        """Keys of KV `bucket` matching `pattern` (NATS wildcards) that hold a
+        value: the stream's per-subject counts, filtered on the server
+        ($JS.API.STREAM.INFO with subjects_filter; works on 2.9, unlike
+        multi-filter consumers).  Keys are removed with purge_keys, which
+        leaves no marker, so every listed subject is a live key."""
+        prefix = f"$KV.{bucket}."
+        out: list[str] = []
+        offset = 0
+        while True:
+            info = await self.api_retry(f"STREAM.INFO.KV_{bucket}",
+                                        {"subjects_filter": prefix + pattern, "offset": offset},
+                                        deadline=deadline, what=f"listing keys of KV bucket {bucket}")
+            subjects = (info.get("state") or {}).get("subjects") or {}
+            out.extend(s[len(prefix):] for s in subjects)
+            offset += len(subjects)
+            total = int(info.get("total", 0) or 0)
+            if not subjects or offset >= total:
+                return out
+
+    async def purge_keys(self, bucket: str, pattern: str, *, deadline: float) -> None:
+        """Remove every value of the keys of `bucket` matching `pattern`, with
+        no delete marker left behind."""
+        await self.api_retry(f"STREAM.PURGE.KV_{bucket}", {"filter": f"$KV.{bucket}.{pattern}"},
+                             deadline=deadline, what=f"purging {pattern} from KV bucket {bucket}")
+
+    async def close(self) -> None:
+        await _close_quietly(self.nc)
+
+
+def _backoff(attempt: int) -> float:
+    """Wait before retry `attempt` (1-based): 25 ms doubling to 0.5 s, +-25%."""
+    return min(0.5, 0.025 * 2 ** min(attempt - 1, 5)) * random.uniform(0.75, 1.25)
+
+
+backoff = _backoff
+
+
+def _version(nc: Any) -> tuple[int, int, int]:
+    v = nc.connected_server_version
+    try:
+        return (int(v.major), int(v.minor), int(v.patch))
+    except (TypeError, ValueError, AttributeError):
+        return (0, 0, 0)
+
+
+def _describe(e: Optional[BaseException]) -> str:
+    if e is None:
+        return "none"
+    text = str(e) or type(e).__name__
+    return f"{type(e).__name__}: {text}" if text != type(e).__name__ else text
+
+
+describe = _describe
+
+
+async def _close_quietly(nc: Any) -> None:
+    try:
+        await asyncio.wait_for(nc.close(), 5)
+    except BaseException:
+        pass

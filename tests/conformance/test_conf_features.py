@@ -1,0 +1,79 @@
+"""Delays, backpressure, zero-copy reads, the scheduler and jobs on every
+backend; where a backend lacks one, the test is skipped with the reason
+and a test of its own checks that using it raises Unsupported, naming it."""
+
+import time
+
+import pytest
+
+import pyqueue
+
+BACKEND_FEATURES = {
+    # feature: (what to call, the word the error must contain)
+    "delay": (lambda b: b.topic("t").send(b"x", delay=1.0), "delay"),
+    "ordered": (lambda b: b.topic("t").consumer("g", mode="queue", ordered=True), "ordered"),
+    "max_depth": (lambda b: b.topic("deep", max_depth=10), "max_depth"),
+    "read_batch": (lambda b: b.topic("t").read_batch(0, 0, 10), "read_batch"),
+    "scheduler": (lambda b: b.scheduler(), "scheduler"),
+}
+
+
+def test_every_missing_feature_raises_unsupported_naming_it(backend, broker):
+    from pyqueue.jetstream import Unsupported
+    for feature, (call, word) in sorted(BACKEND_FEATURES.items()):
+        if backend.lacks(feature):
+            with pytest.raises(Unsupported, match=word) as info:
+                call(broker)
+            assert isinstance(info.value, pyqueue.PyQueueError)
+
+
+def test_delayed_message_is_invisible_until_due(broker, requires):
+    requires("delay")
+    t = broker.topic("t")
+    sent_at = time.time()
+    t.send(b"later", delay=0.4)
+    t.send(b"now")
+    c = t.consumer("w", mode="queue")
+    m = c.poll(timeout=5)
+    assert m.value == b"now"
+    m.ack()
+    m = c.poll(timeout=5)
+    assert m.value == b"later" and time.time() >= sent_at + 0.4
+
+
+def test_backpressure_raises_queue_full(broker, requires):
+    requires("max_depth")
+    t = broker.topic("deep", max_depth=2)
+    t.send(b"1")
+    t.send(b"2")
+    with pytest.raises(pyqueue.QueueFull):
+        t.send(b"3", timeout=0.05)
+
+
+def test_read_batch_is_zero_copy(broker, requires):
+    requires("read_batch")
+    pytest.importorskip("numpy")
+    t = broker.topic("t")
+    t.send_batch([b"a", b"bb", b"ccc"])
+    rb = t.read_batch(0, 0, 10)
+    assert [bytes(rb.buffer[p:p + n]) for p, n in zip(rb.positions, rb.lengths)] == [b"a", b"bb", b"ccc"]
+
+
+def test_scheduler_fires_every(broker, requires):
+    requires("scheduler")
+    broker.topic("health")
+    s = broker.scheduler()
+    s.add("beat", topic="health", value=b"ping", every=0.1)
+    s.start()
+    c = broker.topic("health").consumer("g")
+    msgs = [c.poll(timeout=5) for _ in range(3)]
+    s.stop()
+    assert all(m.value == b"ping" and m.headers["x-schedule-id"] == b"beat" for m in msgs)
+
+
+def test_jobs(broker):
+    if not hasattr(broker, "jobs"):
+        pytest.skip("broker.jobs() is not implemented on any backend yet")
+    from pyqueue.jetstream import Unsupported
+    with pytest.raises(Unsupported, match="jobs"):
+        broker.jobs()
