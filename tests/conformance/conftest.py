@@ -38,6 +38,7 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "max_depth": "max_depth backpressure counts a group's unread messages; JetStream limits stream size only",
         "read_batch": "read_batch is zero-copy over mapped segment files, which only the embedded engine has",
         "scheduler": "the scheduler's durable table and fire log are not ported to KV yet",
+        "jobs": "job states and definitions are not ported to KV yet",
         "offset_window": "max_in_flight is a count of unacked messages (MaxAckPending), not a window of offsets",
         "instant_lease_return": "a dead member's leases come back after AckWait: pull consumers have no liveness",
         "cross_process_lease_lost": "an ack of a delivery redelivered to another process is accepted (the work "

@@ -15,6 +15,7 @@ BACKEND_FEATURES = {
     "max_depth": (lambda b: b.topic("deep", max_depth=10), "max_depth"),
     "read_batch": (lambda b: b.topic("t").read_batch(0, 0, 10), "read_batch"),
     "scheduler": (lambda b: b.scheduler(), "scheduler"),
+    "jobs": (lambda b: b.jobs(), "jobs"),
 }
 
 
@@ -71,9 +72,11 @@ def test_scheduler_fires_every(broker, requires):
     assert all(m.value == b"ping" and m.headers["x-schedule-id"] == b"beat" for m in msgs)
 
 
-def test_jobs(broker):
-    if not hasattr(broker, "jobs"):
-        pytest.skip("broker.jobs() is not implemented on any backend yet")
-    from pyqueue.jetstream import Unsupported
-    with pytest.raises(Unsupported, match="jobs"):
-        broker.jobs()
+def test_jobs_queue_and_cancel(broker, requires):
+    requires("jobs")
+    jobs = broker.jobs()
+    jobs.define("noop", command=["true"])
+    jid = jobs.submit("noop")
+    assert jobs.status(jid).state == "queued"
+    jobs.cancel(jid)
+    assert jobs.status(jid).state == "cancelled"

@@ -269,6 +269,24 @@ def test_run_with_threads_and_stop(broker):
     until(lambda: w.lag() == {0: 0, 1: 0, 2: 0}, timeout=5)
 
 
+def test_stop_before_run_makes_run_return(broker):
+    t = broker.topic("t")
+    w = t.consumer("w", mode="queue")
+    w.stop()
+    done = threading.Event()
+    runner = threading.Thread(target=lambda: (w.run(lambda m: None, install_signal_handlers=False), done.set()))
+    runner.start()
+    assert done.wait(30), "run() missed a stop() that came before it"
+    runner.join()
+    t.send(b"x")                                  # the request is spent: the next run() runs
+    handled = []
+
+    def handle(m):
+        handled.append(m.value)
+        w.stop()
+    assert w.run(handle, install_signal_handlers=False) == 1 and handled == [b"x"]
+
+
 def test_dead_member_leases_come_back(backend, children):
     b = backend.open()
     t = b.topic("t")
