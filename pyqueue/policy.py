@@ -6,9 +6,11 @@ import dataclasses
 import math
 import random
 
+from typing import Any
+
 from pyqueue.errors import ConfigError
 
-__all__ = ["Backoff"]
+__all__ = ["Backoff", "dead_letter_headers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,3 +43,18 @@ class Backoff:
         if self.jitter:
             base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, min(base, self.maximum))
+
+
+def dead_letter_headers(m: Any, error: str) -> dict[str, bytes]:
+    """The headers of message m as it goes to a dead-letter topic, on every
+    backend: its own, plus where it came from, how often it was delivered
+    and why it failed (x-error, at most 4 KiB)."""
+    headers = dict(m.headers)
+    headers.update({
+        "x-original-topic": m.topic.encode(),
+        "x-original-partition": str(m.partition).encode(),
+        "x-original-offset": headers.get("x-original-offset", str(m.offset).encode()),
+        "x-delivery-count": str(m.delivery_count).encode(),
+        "x-error": error.encode("utf-8", "replace")[:4096],
+    })
+    return headers

@@ -20,7 +20,7 @@ from pyqueue._native import GROUP_MAX_WINDOW, GROUP_QUEUE, Message, encode_heade
 from pyqueue.config import validate_name
 from pyqueue.consumer import Consumer, positive
 from pyqueue.errors import ConfigError, LeaseLost, OffsetOutOfRange
-from pyqueue.policy import Backoff
+from pyqueue.policy import Backoff, dead_letter_headers
 
 if TYPE_CHECKING:
     from pyqueue.topic import Topic
@@ -149,15 +149,8 @@ class QueueConsumer(Consumer):
 
     def _dead_letter(self, m: Message, error: str) -> None:
         if self.dead_letter is not None:
-            headers = dict(m.headers)
-            headers.update({
-                "x-original-topic": m.topic.encode(),
-                "x-original-partition": str(m.partition).encode(),
-                "x-original-offset": headers.get("x-original-offset", str(m.offset).encode()),
-                "x-delivery-count": str(m.delivery_count).encode(),
-                "x-error": error.encode("utf-8", "replace")[:4096],
-            })
-            self.topic._broker.topic(self.dead_letter).send(m.value, key=m.key, headers=headers)
+            self.topic._broker.topic(self.dead_letter).send(m.value, key=m.key,
+                                                            headers=dead_letter_headers(m, error))
         try:
             self._ack(m)
         except LeaseLost:

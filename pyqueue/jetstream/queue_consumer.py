@@ -54,7 +54,7 @@ from pyqueue.jetstream.group_state import ensure_group
 from pyqueue.jetstream.message import JsMessage
 from pyqueue.jetstream.naming import Names
 from pyqueue.jetstream.pull import Puller
-from pyqueue.policy import Backoff
+from pyqueue.policy import Backoff, dead_letter_headers
 
 if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
@@ -418,16 +418,8 @@ class JsQueueConsumer:
 
     def _dead_letter(self, m: JsMessage, error: str) -> None:
         if self.dead_letter is not None:
-            headers = dict(m.headers)
-            headers.update({
-                "x-original-topic": m.topic.encode(),
-                "x-original-partition": str(m.partition).encode(),
-                "x-original-offset": headers.get("x-original-offset", str(m.offset).encode()),
-                "x-delivery-count": str(m.delivery_count).encode(),
-                "x-error": error.encode("utf-8", "replace")[:4096],
-            })
             self._broker.topic(self.dead_letter).send(
-                m.value, key=m.key, headers=headers,
+                m.value, key=m.key, headers=dead_letter_headers(m, error),
                 dedup_id=f"pq-dlq:{m.topic}:{m.partition}:{m.offset}:{m.delivery_count}")
         try:
             self._finish(m, "dead letter")
