@@ -88,7 +88,7 @@ asyncio.run(main())
 PY
     "${export_env[@]}" pyqueue --version
     "${export_env[@]}" pyqueue topics --path "$work/broker"
-    "${export_env[@]}" pyqueue demo --messages 2000
+    "${export_env[@]}" pyqueue demo --quick
 
     if [ -n "${CHECK_WHEEL_TESTS:-}" ]; then
         echo "== the test suite against the installed wheel"
