@@ -18,6 +18,12 @@ from pyqueue.jobs.worker import GROUP
 
 from conftest import CHILD_CWD, child_env
 
+# Under AddressSanitizer (.ci/sanitize preloads it) a process reserves terabytes
+# of address space, so an RLIMIT_AS makes it fail at start, and ASan turns a
+# segfault into an exit with code 1: those two behaviours are not testable there.
+UNDER_ASAN = "libasan" in os.environ.get("LD_PRELOAD", "")
+asan_skip = pytest.mark.skipif(UNDER_ASAN, reason="AddressSanitizer changes address-space limits and SIGSEGV")
+
 WORKER = """
 import sys, pyqueue
 b = pyqueue.open(sys.argv[1], fsync="never")
@@ -107,6 +113,7 @@ def test_job_past_its_timeout_is_killed(children, broker, jobs):
     assert jobs.result(jobs.submit("add", 1, 1), timeout=30) == 2   # a fresh child took the slot
 
 
+@asan_skip
 def test_job_past_its_memory_limit_fails_as_oom(children, broker, jobs):
     jobs.define("allocate", target="jobs_targets:allocate", memory_limit=256 << 20)
     start_worker(children, broker, concurrency=1)
@@ -118,6 +125,7 @@ def test_job_past_its_memory_limit_fails_as_oom(children, broker, jobs):
     assert jobs.result(jobs.submit("allocate", 1 << 20), timeout=30) == 1 << 20   # under the limit: fine
 
 
+@asan_skip
 def test_crashing_child_fails_its_job_and_is_replaced(children, broker, jobs):
     jobs.define("crash", target="jobs_targets:crash")
     jobs.define("add", target="jobs_targets:add")
