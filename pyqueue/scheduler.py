@@ -50,7 +50,7 @@ STANDBY_POLL = 0.2              # seconds between a standby's attempts to take o
 _IDLE = 1.0                     # the active loop looks at the clock at least this often
 _RELOAD_ABOVE = 10_000          # changed schedules past which the active one reloads them all
 _CACHE = 100_000                # schedules the active one keeps built (those firing often)
-_HINTS_BATCH = 2_000            # next-fire hints written per transaction
+_HINTS_BATCH = 256              # next-fire hints written per transaction (a short pause each)
 _HINTS_PERIOD = 0.25            # seconds a hint may wait to be written
 
 _COLS = ", ".join(COLUMNS)
