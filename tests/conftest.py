@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
@@ -176,6 +177,24 @@ class Children:
             except AssertionError:
                 pass
         self._all.clear()
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    if call.when == "call":
+        item._passed = outcome.get_result().passed
+
+
+@pytest.fixture(autouse=True)
+def _free_disk_of_passed_tests(request):
+    """Remove a passed test's tmp_path as soon as it ends: segments are
+    preallocated (64 MiB each by default), and a whole run would otherwise
+    keep tens of GB until the session ends.  A failed test's stays."""
+    yield
+    path = request.node.funcargs.get("tmp_path")
+    if path is not None and getattr(request.node, "_passed", False):
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture
