@@ -364,7 +364,13 @@ class JsQueueConsumer:
 
     def _nack(self, m: JsMessage, delay: Optional[float]) -> None:
         """Return m to the queue after `delay` seconds, or the backoff's delay
-        for its delivery count when delay is None (at once without a backoff)."""
+        for its delivery count when delay is None (at once without a backoff).
+        A nack of the last delivery max_deliveries allows dead-letters the
+        message at once, as on the embedded engine."""
+        limit = self.max_deliveries
+        if limit is not None and m.delivery_count >= limit:
+            self._dead_letter(m, f"Nacked: delivery {m.delivery_count} of max_deliveries={limit}")
+            return
         if delay is None:
             d = self.backoff.delay(m.delivery_count) if self.backoff else 0.0
         else:
@@ -448,8 +454,10 @@ class JsQueueConsumer:
 
     def _give_back(self, m: JsMessage) -> None:
         """A message a stopping run() leased but never handled: back to the
-        queue at once (JetStream counts the delivery all the same)."""
-        self._nack(m, 0.0)
+        queue at once, never dead-lettered (JetStream counts the delivery all
+        the same)."""
+        self._finish(m, "nack")
+        self._send(m, b"-NAK")
 
     # -- positions --
 

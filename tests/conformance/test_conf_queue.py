@@ -269,6 +269,20 @@ def test_run_with_threads_and_stop(broker):
     until(lambda: w.lag() == {0: 0, 1: 0, 2: 0}, timeout=5)
 
 
+def test_nack_of_the_last_delivery_dead_letters_with_its_reason(broker):
+    t = broker.topic("t")
+    broker.topic("t.dlq")
+    t.send(b"refused")
+    w = t.consumer("w", mode="queue", max_deliveries=2, dead_letter="t.dlq")
+    w.poll(timeout=5).nack()
+    last = w.poll(timeout=5)
+    assert last.delivery_count == 2
+    last.nack()
+    assert w.poll(timeout=0.5) is None
+    dead = broker.topic("t.dlq").read(0, 0)
+    assert len(dead) == 1 and dead[0].headers["x-error"] == b"Nacked: delivery 2 of max_deliveries=2"
+
+
 def test_stop_before_run_makes_run_return(broker):
     t = broker.topic("t")
     w = t.consumer("w", mode="queue")
