@@ -1133,6 +1133,53 @@ static void hold_handler(int sig)
         pause();
 }
 
+/* Fork a process that dies holding the append lock: it opens the partition,
+ * appends `good` records of 100 bytes, then one of bad_len bytes whose value
+ * runs into an inaccessible page bad_at bytes after it starts, and faults
+ * mid-copy.  Returns its pid once it holds the lock (REQUIRE), with *fd the
+ * read end of its pipe (to close); the caller SIGKILLs it. */
+static pid_t fork_lock_holder(const pq_log_config_t *c, int good, size_t bad_at, uint32_t bad_len, int *fd)
+{
+    int ch[2];
+    REQUIRE(pipe(ch) == 0);
+    pid_t pid = fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        pq_log_t *mine = NULL;
+        if (pq_log_open(part(), c, 0, &mine) != 0)
+            _exit(3);
+        long page = sysconf(_SC_PAGESIZE);
+        unsigned char *m = mmap(NULL, (size_t)(2 * page), PROT_READ | PROT_WRITE,
+                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+        if (m == MAP_FAILED || mprotect(m + page, (size_t)page, PROT_NONE) != 0)
+            _exit(4);
+        memset(m, 0x77, (size_t)page);
+        hold_fd = ch[1];
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = hold_handler;
+        sigaction(SIGSEGV, &sa, NULL);
+        sigaction(SIGBUS, &sa, NULL);
+        pq_record_t r[8];
+        if (good > 7)
+            _exit(6);
+        memset(r, 0, sizeof r);
+        for (int i = 0; i <= good; i++) {
+            r[i].key_len = PQ_NO_KEY;
+            r[i].value = m;
+            r[i].value_len = 100;
+        }
+        r[good].value = m + page - bad_at;
+        r[good].value_len = bad_len;
+        uint64_t first;
+        pq_log_append(mine, r, (size_t)good + 1, &first);
+        _exit(5);   /* not reached */
+    }
+    close(ch[1]);
+    *fd = ch[0];
+    return pid;
+}
+
 static void test_killed_while_holding_append_lock(void)
 {
     pq_log_config_t c = config();
@@ -1142,49 +1189,16 @@ static void test_killed_while_holding_append_lock(void)
     uint64_t end = end_of(log);
 
     for (int round = 0; round < 2; round++) {
-        int ch[2];
-        REQUIRE(pipe(ch) == 0);
-        pid_t pid = fork();
-        REQUIRE(pid >= 0);
-        if (pid == 0) {
-            pq_log_t *mine = NULL;
-            if (pq_log_open(part(), &c, 0, &mine) != 0)
-                _exit(3);
-            long page = sysconf(_SC_PAGESIZE);
-            unsigned char *m = mmap(NULL, (size_t)(2 * page), PROT_READ | PROT_WRITE,
-                                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-            if (m == MAP_FAILED || mprotect(m + page, (size_t)page, PROT_NONE) != 0)
-                _exit(4);
-            memset(m, 0x77, (size_t)page);
-            hold_fd = ch[1];
-            struct sigaction sa;
-            memset(&sa, 0, sizeof sa);
-            sa.sa_handler = hold_handler;
-            sigaction(SIGSEGV, &sa, NULL);
-            sigaction(SIGBUS, &sa, NULL);
-            /* Two good records, then one whose value runs into the bad page:
-             * the fault comes after the first frames are written. */
-            pq_record_t r[3];
-            memset(r, 0, sizeof r);
-            for (int i = 0; i < 3; i++) {
-                r[i].key = NULL;
-                r[i].key_len = PQ_NO_KEY;
-                r[i].value = m;
-                r[i].value_len = 100;
-            }
-            r[2].value = m + page - 200;
-            r[2].value_len = 1000;
-            uint64_t first;
-            pq_log_append(mine, r, 3, &first);
-            _exit(5);   /* not reached */
-        }
-        close(ch[1]);
-        int held = read_byte(ch[0], 10000);
+        /* Two good records, then one whose value runs into the bad page:
+         * the fault comes after the first frames are written. */
+        int fd;
+        pid_t pid = fork_lock_holder(&c, 2, 200, 1000, &fd);
+        int held = read_byte(fd, 10000);
         CHECK(held);
         kill(pid, SIGKILL);
         int st = wait_child(pid);
         CHECK_EQ(st, 128 + SIGKILL);
-        close(ch[0]);
+        close(fd);
         if (!held)
             break;
 
@@ -1297,36 +1311,10 @@ static void killed_mid_roll_case(int zero_length)
     REQUIRE(append_n(log, 250, 10) == 0);
     uint64_t end = end_of(log);
 
-    int ch[2];
-    REQUIRE(pipe(ch) == 0);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        pq_log_t *mine = NULL;
-        if (pq_log_open(part(), &c, 0, &mine) != 0)
-            _exit(3);
-        long page = sysconf(_SC_PAGESIZE);
-        unsigned char *m = mmap(NULL, (size_t)(2 * page), PROT_READ | PROT_WRITE,
-                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED || mprotect(m + page, (size_t)page, PROT_NONE) != 0)
-            _exit(4);
-        hold_fd = ch[1];
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = hold_handler;
-        sigaction(SIGSEGV, &sa, NULL);
-        pq_record_t r;
-        memset(&r, 0, sizeof r);
-        r.key_len = PQ_NO_KEY;
-        r.value = m + page - 64;
-        r.value_len = 500;
-        uint64_t first;
-        pq_log_append(mine, &r, 1, &first);
-        _exit(5);
-    }
-    close(ch[1]);
-    REQUIRE(read_byte(ch[0], 10000));
-    close(ch[0]);
+    int fd;
+    pid_t pid = fork_lock_holder(&c, 0, 64, 500, &fd);
+    REQUIRE(read_byte(fd, 10000));
+    close(fd);
     /* What the dying writer had got to: the next segment's file. */
     uint64_t stale = end + 3;
     if (zero_length) {
@@ -1384,35 +1372,10 @@ static void test_killed_mid_roll_other_reader(void)
     pq_log_t *b = NULL;
     REQUIRE(pq_log_open(part(), &c, 0, &b) == 0);
 
-    int ch[2];
-    REQUIRE(pipe(ch) == 0);
-    pid_t pid = fork();
-    REQUIRE(pid >= 0);
-    if (pid == 0) {
-        pq_log_t *mine = NULL;
-        if (pq_log_open(part(), &c, 0, &mine) != 0)
-            _exit(3);
-        long page = sysconf(_SC_PAGESIZE);
-        unsigned char *m = mmap(NULL, (size_t)(2 * page), PROT_READ | PROT_WRITE,
-                                MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-        if (m == MAP_FAILED || mprotect(m + page, (size_t)page, PROT_NONE) != 0)
-            _exit(4);
-        hold_fd = ch[1];
-        struct sigaction sa;
-        memset(&sa, 0, sizeof sa);
-        sa.sa_handler = hold_handler;
-        sigaction(SIGSEGV, &sa, NULL);
-        pq_record_t x;
-        memset(&x, 0, sizeof x);
-        x.key_len = PQ_NO_KEY;
-        x.value = m + page - 64;
-        x.value_len = 500;
-        pq_log_append(mine, &x, 1, &first);
-        _exit(5);
-    }
-    close(ch[1]);
-    REQUIRE(read_byte(ch[0], 10000));
-    close(ch[0]);
+    int fd;
+    pid_t pid = fork_lock_holder(&c, 0, 64, 500, &fd);
+    REQUIRE(read_byte(fd, 10000));
+    close(fd);
     pq_segment_t *stale = NULL;
     REQUIRE(pq_segment_create(part(), 5, S, pq_now_ns(), &stale) == 0);
     pq_segment_decref(stale);
