@@ -8,9 +8,10 @@ import random
 
 from typing import Any
 
+from pyqueue.config import validate_name
 from pyqueue.errors import ConfigError
 
-__all__ = ["Backoff", "dead_letter_headers"]
+__all__ = ["Backoff", "check_retry_policy", "dead_letter_headers"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +44,18 @@ class Backoff:
         if self.jitter:
             base *= 1 + (rng or random).uniform(-self.jitter, self.jitter)
         return max(0.0, min(base, self.maximum))
+
+
+def check_retry_policy(topic: str, max_deliveries: Any, backoff: Any, dead_letter: Any) -> None:
+    """The retry options of a queue-mode consumer of `topic`, on every backend."""
+    if max_deliveries is not None and (type(max_deliveries) is not int or not 1 <= max_deliveries <= 1_000_000):
+        raise ConfigError(f"max_deliveries={max_deliveries!r} must be an int in 1..1000000 or None")
+    if backoff is not None and not isinstance(backoff, Backoff):
+        raise TypeError("backoff must be a pyqueue.Backoff")
+    if dead_letter is not None:
+        validate_name(dead_letter)
+        if dead_letter == topic:
+            raise ConfigError("dead_letter must be another topic than the one consumed")
 
 
 def dead_letter_headers(m: Any, error: str) -> dict[str, bytes]:

@@ -17,10 +17,9 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyqueue._native import GROUP_MAX_WINDOW, GROUP_QUEUE, Message, encode_headers
-from pyqueue.config import validate_name
 from pyqueue.consumer import Consumer, positive
 from pyqueue.errors import ConfigError, LeaseLost, OffsetOutOfRange
-from pyqueue.policy import Backoff, dead_letter_headers
+from pyqueue.policy import Backoff, check_retry_policy, dead_letter_headers
 
 if TYPE_CHECKING:
     from pyqueue.topic import Topic
@@ -42,14 +41,7 @@ class QueueConsumer(Consumer):
                  auto_ack: bool = False, session_timeout: float = 10.0,
                  max_deliveries: Optional[int] = None, backoff: Optional[Backoff] = None,
                  dead_letter: Optional[str] = None) -> None:
-        if max_deliveries is not None and (type(max_deliveries) is not int or not 1 <= max_deliveries <= 1_000_000):
-            raise ConfigError(f"max_deliveries={max_deliveries!r} must be an int in 1..1000000 or None")
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise TypeError("backoff must be a pyqueue.Backoff")
-        if dead_letter is not None:
-            validate_name(dead_letter)
-            if dead_letter == topic.name:
-                raise ConfigError("dead_letter must be another topic than the one consumed")
+        check_retry_policy(topic.name, max_deliveries, backoff, dead_letter)
         self.max_deliveries = max_deliveries
         self.backoff = backoff
         self.dead_letter = dead_letter

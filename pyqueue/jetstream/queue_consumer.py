@@ -45,7 +45,6 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
-from pyqueue.config import validate_name
 from pyqueue.consumer import STARTS, positive
 from pyqueue.errors import Closed, ConfigError, LeaseLost, OffsetOutOfRange
 from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError
@@ -54,7 +53,7 @@ from pyqueue.jetstream.group_state import ensure_group
 from pyqueue.jetstream.message import JsMessage
 from pyqueue.jetstream.naming import Names
 from pyqueue.jetstream.pull import Puller
-from pyqueue.policy import Backoff, dead_letter_headers
+from pyqueue.policy import Backoff, check_retry_policy, dead_letter_headers
 
 if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
@@ -140,14 +139,7 @@ class JsQueueConsumer:
                  auto_ack: bool = False, session_timeout: float = 10.0,
                  max_deliveries: Optional[int] = None, backoff: Optional[Backoff] = None,
                  dead_letter: Optional[str] = None) -> None:
-        if max_deliveries is not None and (type(max_deliveries) is not int or not 1 <= max_deliveries <= 1_000_000):
-            raise ConfigError(f"max_deliveries={max_deliveries!r} must be an int in 1..1000000 or None")
-        if backoff is not None and not isinstance(backoff, Backoff):
-            raise TypeError("backoff must be a pyqueue.Backoff")
-        if dead_letter is not None:
-            validate_name(dead_letter)
-            if dead_letter == topic.name:
-                raise ConfigError("dead_letter must be another topic than the one consumed")
+        check_retry_policy(topic.name, max_deliveries, backoff, dead_letter)
         self.visibility_timeout = positive("visibility_timeout", visibility_timeout, maximum=43200)
         if type(max_in_flight) is not int:
             raise TypeError("max_in_flight must be int")
