@@ -6,12 +6,12 @@ import dataclasses
 import math
 import random
 
-from typing import Any
+from typing import Any, Optional
 
 from pyqueue.config import validate_name
 from pyqueue.errors import ConfigError
 
-__all__ = ["Backoff", "check_retry_policy", "dead_letter_headers"]
+__all__ = ["Backoff", "check_retry_policy", "dead_letter_headers", "redrive_dead_letters", "DEAD_LETTER_HEADERS"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +46,11 @@ class Backoff:
         return max(0.0, min(base, self.maximum))
 
 
+# What a dead letter carries besides the message's own headers.
+DEAD_LETTER_HEADERS = frozenset({"x-original-topic", "x-original-partition", "x-original-offset",
+                                 "x-delivery-count", "x-error"})
+
+
 def check_retry_policy(topic: str, max_deliveries: Any, backoff: Any, dead_letter: Any) -> None:
     """The retry options of a queue-mode consumer of `topic`, on every backend."""
     if max_deliveries is not None and (type(max_deliveries) is not int or not 1 <= max_deliveries <= 1_000_000):
@@ -71,3 +76,29 @@ def dead_letter_headers(m: Any, error: str) -> dict[str, bytes]:
         "x-error": error.encode("utf-8", "replace")[:4096],
     })
     return headers
+
+
+def redrive_dead_letters(source: Any, target: Any, limit: Optional[int]) -> int:
+    """Move the messages of dead-letter topic `source` to topic `target`, with
+    their key, value and own headers (DEAD_LETTER_HEADERS removed), on every
+    backend.  The position is kept by source's stream-mode group "redrive", so
+    a message is moved once.  Returns how many were moved."""
+    if target is source:
+        raise ConfigError("redrive needs another topic than the dead-letter topic itself")
+    moved = 0
+    consumer = source.consumer("redrive", mode="stream", auto_commit_interval=0)
+    try:
+        while limit is None or moved < limit:
+            want = 1000 if limit is None else min(1000, limit - moved)
+            msgs = consumer.poll_batch(want, timeout=0)
+            if not msgs:
+                break
+            for m in msgs:
+                headers = {k: v for k, v in m.headers.items() if k not in DEAD_LETTER_HEADERS}
+                target.send(m.value, key=m.key, headers=headers)
+                m.ack()
+            moved += len(msgs)
+            consumer.commit()
+    finally:
+        consumer.close()
+    return moved

@@ -16,6 +16,7 @@ from pyqueue._native import (GROUP_QUEUE, GROUP_STREAM, Dedup, Group, Log, Messa
 from pyqueue.backpressure import Backpressure
 from pyqueue.config import TopicConfig, validate_name
 from pyqueue.errors import Closed, ConfigError, CorruptionError, PartitionOutOfRange, UnknownTopic as UnknownGroup
+from pyqueue.policy import DEAD_LETTER_HEADERS, redrive_dead_letters
 from pyqueue.record_batch import RecordBatch
 
 if TYPE_CHECKING:
@@ -30,8 +31,6 @@ __all__ = ["Topic", "BatchReceipt", "DEAD_LETTER_HEADERS"]
 MAX_DELAY = 365 * 86400.0
 _MODE_NAMES = {GROUP_STREAM: "stream", GROUP_QUEUE: "queue"}
 MAX_DEDUP_ID = 1024
-DEAD_LETTER_HEADERS = frozenset({"x-original-topic", "x-original-partition", "x-original-offset",
-                                 "x-delivery-count", "x-error"})
 
 
 class BatchReceipt(NamedTuple):
@@ -184,26 +183,7 @@ class Topic:
         key, value and original headers (x-original-*, x-delivery-count and
         x-error removed).  A topic's messages are moved once: the position is
         kept by the consumer group "redrive".  Returns how many were moved."""
-        target = self._broker.topic(to, create=False)
-        if target is self:
-            raise ConfigError("redrive needs another topic than the dead-letter topic itself")
-        moved = 0
-        consumer = self.consumer("redrive", mode="stream", auto_commit_interval=0)
-        try:
-            while limit is None or moved < limit:
-                want = 1000 if limit is None else min(1000, limit - moved)
-                msgs = consumer.poll_batch(want, timeout=0)
-                if not msgs:
-                    break
-                for m in msgs:
-                    headers = {k: v for k, v in m.headers.items() if k not in DEAD_LETTER_HEADERS}
-                    target.send(m.value, key=m.key, headers=headers)
-                    m.ack()
-                moved += len(msgs)
-                consumer.commit()
-        finally:
-            consumer.close()
-        return moved
+        return redrive_dead_letters(self, self._broker.topic(to, create=False), limit)
 
     def send_batch(self, values: Iterable[Any], key: Optional[bytes] = None, *,
                    headers: Optional[dict[str, bytes]] = None,

@@ -46,7 +46,8 @@ from pyqueue.jetstream.client import (ERR_MSG_TOO_LARGE, ERR_NO_MESSAGE, ERR_STR
                                       backoff, describe, is_transient)
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.message import JsMessage, from_nats_headers, to_nats_headers
-from pyqueue.topic import DEAD_LETTER_HEADERS, MAX_DEDUP_ID, BatchReceipt
+from pyqueue.policy import redrive_dead_letters
+from pyqueue.topic import MAX_DEDUP_ID, BatchReceipt
 
 if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
@@ -261,26 +262,7 @@ class JetStreamTopic:
         """Move messages of this (dead-letter) topic to topic `to`, as the
         embedded engine does (x-original-* headers removed; the position is
         kept by the stream-mode group "redrive")."""
-        target = self._broker.topic(to, create=False)
-        if target is self:
-            raise ConfigError("redrive needs another topic than the dead-letter topic itself")
-        moved = 0
-        consumer = self.consumer("redrive", mode="stream", auto_commit_interval=0)
-        try:
-            while limit is None or moved < limit:
-                want = 1000 if limit is None else min(1000, limit - moved)
-                msgs = consumer.poll_batch(want, timeout=0)
-                if not msgs:
-                    break
-                for m in msgs:
-                    hdrs = {k: v for k, v in m.headers.items() if k not in DEAD_LETTER_HEADERS}
-                    target.send(m.value, key=m.key, headers=hdrs)
-                    m.ack()
-                moved += len(msgs)
-                consumer.commit()
-        finally:
-            consumer.close()
-        return moved
+        return redrive_dead_letters(self, self._broker.topic(to, create=False), limit)
 
     # -- reading --
 
