@@ -1,5 +1,6 @@
 """Queue mode (SQS / RabbitMQ semantics) within one process: leases,
-visibility timeouts, acks, nacks, extend, LeaseLost, ordering, the window."""
+visibility timeouts, acks, nacks, extend, LeaseLost, ordering, the window.
+The cases every backend shares are in tests/conformance (run on this engine too)."""
 
 import time
 
@@ -13,23 +14,6 @@ def broker(tmp_path):
     b = pyqueue.open(tmp_path / "b", fsync="never")
     yield b
     b.close()
-
-
-def test_each_message_goes_to_one_member(broker):
-    t = broker.topic("t", partitions=2)
-    for i in range(100):
-        t.send(b"%d" % i)
-    a = t.consumer("w", mode="queue")
-    b = t.consumer("w", mode="queue")
-    got = []
-    for c in (a, b, a, b):
-        msgs = c.poll_batch(30, timeout=0.1)
-        got += [(m.partition, m.offset) for m in msgs]
-        for m in msgs:
-            assert m.delivery_count == 1
-            m.ack()
-    got += [(m.partition, m.offset) for m in a.poll_batch(100, timeout=0.1)]
-    assert len(got) == len(set(got)) == 100
 
 
 def test_lease_expiry_redelivers_with_higher_count(broker):
@@ -120,14 +104,6 @@ def test_ordered_delivers_a_key_one_at_a_time(broker):
     assert [m.value for m in c.poll_batch(10, timeout=0.1)] == [b"0"]
 
 
-def test_unordered_keys_flow_in_parallel(broker):
-    t = broker.topic("t")
-    for i in range(6):
-        t.send(b"%d" % i, key=b"A")
-    c = t.consumer("w", mode="queue")
-    assert len(c.poll_batch(10, timeout=0.1)) == 6
-
-
 def test_delivery_state_survives_restart(tmp_path):
     path = tmp_path / "b"
     with pyqueue.open(path) as b:
@@ -146,28 +122,6 @@ def test_delivery_state_survives_restart(tmp_path):
         assert sorted(m.offset for m in got) == list(range(3, 10))
         counts = {m.offset: m.delivery_count for m in got}
         assert counts[3] == counts[4] == counts[5] == 2 and counts[6] == 1
-
-
-def test_start_latest_and_seek(broker):
-    t = broker.topic("t")
-    for i in range(5):
-        t.send(b"old")
-    c = t.consumer("w", mode="queue", start="latest")
-    assert c.poll(timeout=0.05) is None
-    t.send(b"new")
-    m = c.poll(timeout=1)
-    assert m.value == b"new"
-    m.ack()
-    c.seek(0, 0)
-    assert [m.value for m in c.poll_batch(10, timeout=0.1)] == [b"old"] * 5 + [b"new"]
-
-
-def test_auto_ack(broker):
-    t = broker.topic("t")
-    t.send(b"x")
-    c = t.consumer("w", mode="queue", auto_ack=True, visibility_timeout=0.05)
-    assert c.poll(timeout=1).value == b"x"
-    assert c.poll(timeout=0.2) is None
 
 
 def test_bad_queue_arguments(broker):

@@ -1,7 +1,7 @@
 """Delays, retries with backoff, dead letters and redrive, dedup and
-backpressure: DESIGN.md §4.3-4.5."""
+backpressure: DESIGN.md §4.3-4.5.  The cases every backend shares are in
+tests/conformance (run on this engine too)."""
 
-import os
 import subprocess
 import sys
 import textwrap
@@ -66,27 +66,6 @@ def test_poison_message_retried_with_growing_gaps_then_dead_lettered(broker):
     assert m.headers["trace"] == b"t1"
     assert w.poll(timeout=0.1) is None                     # acked on the source
     assert broker.stats()["topics"]["photos"]["groups"]["resize"]["dead_letters"] == 1
-
-
-def test_redrive_brings_dead_letters_back(broker):
-    t = broker.topic("jobs")
-    t.send(b"flaky", key=b"k")
-    w = t.consumer("w", mode="queue", max_deliveries=1, dead_letter="jobs.dlq")
-
-    def handler(m):
-        w.stop()
-        raise RuntimeError("boom")
-
-    w.run(handler)
-    dlq = broker.topic("jobs.dlq")
-    assert dlq.read(0, 0)[0].headers["x-error"] == b"RuntimeError: boom"
-    assert dlq.redrive(to="jobs") == 1
-    assert dlq.redrive(to="jobs") == 0                    # moved once
-    back = w.poll(timeout=1)
-    assert (back.key, back.value, back.delivery_count) == (b"k", b"flaky", 1)
-    assert not any(h.startswith("x-") for h in back.headers)
-    with pytest.raises(pyqueue.UnknownTopic):
-        dlq.redrive(to="missing")
 
 
 def test_nack_of_the_last_delivery_dead_letters_with_its_reason(broker):
@@ -322,24 +301,6 @@ def test_run_stops_cleanly_on_sigterm(tmp_path):
     assert rest.strip().splitlines()[-1] == "stopped 10"
     with pyqueue.open(path) as b:                          # everything handled was acked
         assert b.topic("t").consumer("w", mode="queue").lag() == {0: 0}
-
-
-def test_stop_before_run_makes_run_return(broker):
-    t = broker.topic("t")
-    w = t.consumer("w", mode="queue")
-    w.stop()
-    done = threading.Event()
-    runner = threading.Thread(target=lambda: (w.run(lambda m: None, install_signal_handlers=False), done.set()))
-    runner.start()
-    assert done.wait(10), "run() missed a stop() that came before it"
-    runner.join()
-    t.send(b"x")                                           # the request is spent: the next run() runs
-    handled = []
-
-    def handle(m):
-        handled.append(m.value)
-        w.stop()
-    assert w.run(handle, install_signal_handlers=False) == 1 and handled == [b"x"]
 
 
 def test_messages_released_by_a_stopping_run_are_not_counted(broker, monkeypatch):

@@ -1,5 +1,6 @@
 """Stream mode (Kafka semantics) within one process: fan-out, commits,
-replay, assignment, auto-ack, bad input."""
+replay, assignment, auto-ack, bad input.
+The cases every backend shares are in tests/conformance (run on this engine too)."""
 
 import time
 
@@ -30,16 +31,6 @@ def drain(consumer, timeout=0.2, ack=True):
             if ack:
                 m.ack()
         out.extend(msgs)
-
-
-def test_two_groups_fan_out(broker):
-    t = broker.topic("t", partitions=3)
-    fill(t, 300)
-    a, b = t.consumer("billing"), t.consumer("audit")
-    got_a, got_b = drain(a), drain(b)
-    assert len(got_a) == len(got_b) == 300
-    assert {(m.partition, m.offset) for m in got_a} == {(m.partition, m.offset) for m in got_b}
-    assert a.lag() == {0: 0, 1: 0, 2: 0}
 
 
 def test_committed_messages_do_not_come_back_and_seek_replays(broker):
@@ -75,48 +66,6 @@ def test_unacked_messages_come_again_after_restart(broker):
     assert [m.offset for m in drain(c)] == list(range(5, 20))
 
 
-def test_auto_ack_is_at_most_once(broker):
-    t = broker.topic("t")
-    fill(t, 10)
-    c = t.consumer("g", auto_ack=True)
-    assert len(c.poll_batch(10, timeout=1)) == 10
-    c.close()                 # close commits
-    assert t.consumer("g").poll(timeout=0.05) is None
-
-
-def test_start_latest(broker):
-    t = broker.topic("t")
-    fill(t, 10)
-    c = t.consumer("new", start="latest")
-    assert c.poll(timeout=0.05) is None
-    t.send(b"after")
-    assert c.poll(timeout=1).value == b"after"
-
-
-def test_in_order_per_partition(broker):
-    t = broker.topic("t", partitions=4)
-    for i in range(400):
-        t.send(b"%d" % i, key=b"user-%d" % (i % 7))
-    seen = {}
-    for m in drain(t.consumer("g")):
-        seen.setdefault(m.key, []).append(int(m.value))
-    assert all(v == sorted(v) for v in seen.values()) and sum(map(len, seen.values())) == 400
-
-
-def test_seek_to_time_and_lag(broker):
-    t = broker.topic("t")
-    fill(t, 10)
-    mark = time.time()
-    t0 = t.read(0, 9, 1)[0].timestamp
-    fill(t, 5)
-    c = t.consumer("g")
-    assert c.lag() == {0: 15}
-    drain(c)
-    assert c.lag() == {0: 0}
-    c.seek_to_time(max(mark, t0 + 1e-6))
-    assert [m.offset for m in drain(c)] == list(range(10, 15))
-
-
 def test_assignment_splits_partitions_between_members(broker):
     t = broker.topic("t", partitions=5)
     a = t.consumer("g")
@@ -142,16 +91,6 @@ def test_poll_wakes_on_append_from_another_thread(broker):
     start = time.monotonic()
     m = c.poll(timeout=5)
     assert m is not None and m.value == b"late" and time.monotonic() - start < 4
-
-
-def test_stream_message_cannot_be_nacked(broker):
-    t = broker.topic("t")
-    t.send(b"x")
-    m = t.consumer("g").poll(timeout=1)
-    with pytest.raises(pyqueue.PyQueueError, match="queue mode"):
-        m.nack()
-    with pytest.raises(pyqueue.PyQueueError, match="queue mode"):
-        m.extend(5)
 
 
 def test_bad_consumer_arguments(broker):
