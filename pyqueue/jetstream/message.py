@@ -25,6 +25,7 @@ __all__ = ["JsMessage", "to_nats_headers", "from_nats_headers"]
 KEY = "Pq-Key"
 KEY_B64 = "Pq-Key-B64"
 EXTRA = "Pq-Headers"
+DELIVER_AT = "Pq-Deliver-At"      # send(delay=): epoch ns before which queue groups hold it back
 MSG_ID = "Nats-Msg-Id"
 _TOKEN = re.compile(r"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _PLAIN = re.compile(rb"[\x21-\x7e](?:[\x20-\x7e]*[\x21-\x7e])?\Z")
@@ -36,9 +37,10 @@ def _reserved(name: str) -> bool:
 
 
 def to_nats_headers(key: Optional[bytes], headers: Optional[dict[str, bytes]],
-                    msg_id: Optional[str] = None) -> Optional[dict[str, str]]:
-    """The NATS headers carrying `key`, `headers` and the dedup id (None if
-    there is nothing to carry).  TypeError on a key or value that is not bytes."""
+                    msg_id: Optional[str] = None, deliver_at: Optional[int] = None) -> Optional[dict[str, str]]:
+    """The NATS headers carrying `key`, `headers`, the dedup id and the time
+    a delayed message becomes due (None if there is nothing to carry).
+    TypeError on a key or value that is not bytes."""
     out: dict[str, str] = {}
     if key is not None:
         if not isinstance(key, (bytes, bytearray, memoryview)):
@@ -65,6 +67,8 @@ def to_nats_headers(key: Optional[bytes], headers: Optional[dict[str, bytes]],
             out[EXTRA] = base64.b64encode(encode_headers(extra) or b"").decode("ascii")
     if msg_id is not None:
         out[MSG_ID] = msg_id
+    if deliver_at is not None:
+        out[DELIVER_AT] = str(deliver_at)
     return out or None
 
 
@@ -95,7 +99,7 @@ class JsMessage:
     delivered it).  offset is the stream sequence minus one."""
 
     __slots__ = ("topic", "partition", "offset", "timestamp_ns", "key", "value", "headers",
-                 "delivery_count", "_owner", "_reply", "_deadline", "_done")
+                 "delivery_count", "_owner", "_reply", "_deadline", "_done", "_due_ns")
 
     def __init__(self, topic: str, partition: int, offset: int, timestamp_ns: int, key: Optional[bytes],
                  value: bytes, headers: dict[str, bytes], delivery_count: int = 0,
@@ -112,6 +116,7 @@ class JsMessage:
         self._reply = reply
         self._deadline = 0.0          # queue mode: when the lease ends here (monotonic)
         self._done = False            # acked, nacked or dead-lettered by this process
+        self._due_ns = 0              # send(delay=): not for queue groups before this epoch ns
 
     @property
     def timestamp(self) -> float:

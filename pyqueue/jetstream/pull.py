@@ -34,7 +34,7 @@ import time
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from pyqueue.jetstream.client import ERR_STREAM_NOT_FOUND, ApiError
-from pyqueue.jetstream.message import JsMessage, from_nats_headers
+from pyqueue.jetstream.message import DELIVER_AT, JsMessage, from_nats_headers
 
 if TYPE_CHECKING:
     from pyqueue.jetstream.topic import JetStreamTopic
@@ -54,6 +54,15 @@ def parse_reply(reply: str) -> tuple[str, int, int, int, int]:
     if len(t) == 9:
         return t[2], int(t[4]), int(t[5]), int(t[7]), int(t[8])
     return t[4], int(t[6]), int(t[7]), int(t[9]), int(t[10])
+
+
+def _due(text: str) -> int:
+    """A Pq-Deliver-At header's epoch ns (0, due at once, if unreadable:
+    a message is never held back by a header it cannot parse)."""
+    try:
+        return max(0, int(text))
+    except ValueError:
+        return 0
 
 
 class Request:
@@ -169,6 +178,8 @@ class Puller:
         key, headers = from_nats_headers(msg.headers)
         m = JsMessage(self.topic.name, partition, seq - 1, ts, key, msg.data, headers, dc, self._owner, msg.reply)
         m._deadline = time.monotonic() + self.lease          # the server leased it as it sent it
+        if msg.headers and DELIVER_AT in msg.headers:
+            m._due_ns = _due(msg.headers[DELIVER_AT])
         self.buffer.append(m)
         self.arrived.set()
         for rid, req in self._requests.items():

@@ -14,7 +14,13 @@ server hands each message to one member at a time.  The mapping:
                          place, without holding back the messages behind it)
     extend(s)            +WPI (in progress), repeated every AckWait/2 until s
                          seconds have passed; the lease then lasts at least s
-    delivery_count       the delivery metadata's count
+    delivery_count       the delivery metadata's count (minus one for a
+                         delayed message, see below)
+    send(delay=)         the message is stored at once (stream mode sees it)
+                         with a Pq-Deliver-At header; a member that gets it
+                         for the first time, or before it is due, NAKs it
+                         with the time left, unseen by the application.
+                         Clocks of senders and consumers must agree.
     max_deliveries       checked by pyqueue: a delivery past it, or a handler
                          failing on the last one, goes to the dead-letter
                          topic (same headers as the embedded engine, sent
@@ -312,9 +318,25 @@ class JsQueueConsumer:
                 m._done = True          # a copy of what this process acked: ack it too, drop it
                 asyncio.get_running_loop().create_task(self._broker.client.nc.publish(m._reply, _ACK))
                 continue
+            if m._due_ns:
+                if m.delivery_count == 1 or time.time_ns() < m._due_ns:
+                    self._hold_back(m)
+                    continue
+                m.delivery_count -= 1     # the first delivery was the hold-back
             self._leases.note(m.partition, m.offset, m.delivery_count)
             out.append(m)
         return out
+
+    def _hold_back(self, m: JsMessage) -> None:
+        """A delayed message (send(delay=)) delivered before it is due, or
+        for the first time: back to the server until due.  Its first
+        delivery is always this hold-back, even when it is due already, so
+        that the user's delivery count is the server's minus one whichever
+        process sees which delivery."""
+        m._done = True
+        wait = m._due_ns - time.time_ns()
+        body = b"-NAK" if wait <= 0 else b"-NAK " + json.dumps({"delay": wait}).encode()
+        asyncio.get_running_loop().create_task(self._broker.client.nc.publish(m._reply, body))
 
     def __iter__(self) -> Iterator[JsMessage]:
         while not self._closed:

@@ -47,7 +47,7 @@ from pyqueue.jetstream.client import (ERR_MSG_TOO_LARGE, ERR_NO_MESSAGE, ERR_STR
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.message import JsMessage, from_nats_headers, to_nats_headers
 from pyqueue.policy import redrive_dead_letters
-from pyqueue.topic import MAX_DEDUP_ID, BatchReceipt
+from pyqueue.topic import MAX_DEDUP_ID, MAX_DELAY, BatchReceipt
 
 if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
@@ -121,14 +121,18 @@ class JetStreamTopic:
         stream's quorum stored it.  dedup_id: a repeat within the topic's
         dedup_window stores nothing and returns the first receipt (and makes
         the send safe to retry through failures).  timeout: how long to keep
-        retrying (default: the broker's timeout).  delay: Unsupported."""
+        retrying (default: the broker's timeout).  delay: seconds during which
+        queue-mode consumers do not see it (stream mode ignores it; see
+        queue_consumer.py)."""
         self._check_open()
+        deliver_at = None
         if delay is not None:
             if not isinstance(delay, (int, float)) or isinstance(delay, bool):
                 raise TypeError(f"delay must be a number of seconds, not {type(delay).__name__}")
-            if delay != 0:
-                raise Unsupported("send(delay=) is not provided by the JetStream backend yet: nats-server "
-                                  "2.9 has no delayed delivery (message schedules need 2.12)")
+            if not math.isfinite(delay) or not 0 <= delay <= MAX_DELAY:
+                raise ConfigError(f"delay={delay!r} must be between 0 and {MAX_DELAY:.0f} seconds")
+            if delay > 0:
+                deliver_at = time.time_ns() + int(delay * 1e9)
         value = _as_bytes(value, "value")
         msg_id = None
         if dedup_id is not None:
@@ -141,7 +145,7 @@ class JetStreamTopic:
         else:
             self._check_partition(partition)
         self._size_check(value, key, headers)
-        nh = to_nats_headers(key, headers, msg_id)
+        nh = to_nats_headers(key, headers, msg_id, deliver_at)
         deadline = self._broker._deadline(timeout)
         safe = msg_id is not None
         ack = self._broker._send(lambda client: self._publish(client, partition, value, nh, deadline, safe))

@@ -33,7 +33,6 @@ BACKENDS = ("embedded", "jetstream")
 UNSUPPORTED: dict[str, dict[str, str]] = {
     "embedded": {},
     "jetstream": {
-        "delay": "send(delay=) needs delayed delivery, which nats-server 2.9 lacks (message schedules are 2.12)",
         "ordered": "ordered=True needs a per-key ordered work queue, which JetStream lacks",
         "max_depth": "max_depth backpressure counts a group's unread messages; JetStream limits stream size only",
         "read_batch": "read_batch is zero-copy over mapped segment files, which only the embedded engine has",

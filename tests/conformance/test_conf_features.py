@@ -1,4 +1,4 @@
-"""Delays, backpressure, zero-copy reads, the scheduler and jobs on every
+"""Backpressure, zero-copy reads, the scheduler and jobs on every
 backend; where a backend lacks one, the test is skipped with the reason
 and a test of its own checks that using it raises Unsupported, naming it."""
 
@@ -10,7 +10,6 @@ import pyqueue
 
 BACKEND_FEATURES = {
     # feature: (what to call, the word the error must contain)
-    "delay": (lambda b: b.topic("t").send(b"x", delay=1.0), "delay"),
     "ordered": (lambda b: b.topic("t").consumer("g", mode="queue", ordered=True), "ordered"),
     "max_depth": (lambda b: b.topic("deep", max_depth=10), "max_depth"),
     "read_batch": (lambda b: b.topic("t").read_batch(0, 0, 10), "read_batch"),
@@ -26,20 +25,6 @@ def test_every_missing_feature_raises_unsupported_naming_it(backend, broker):
             with pytest.raises(Unsupported, match=word) as info:
                 call(broker)
             assert isinstance(info.value, pyqueue.PyQueueError)
-
-
-def test_delayed_message_is_invisible_until_due(broker, requires):
-    requires("delay")
-    t = broker.topic("t")
-    sent_at = time.time()
-    t.send(b"later", delay=0.4)
-    t.send(b"now")
-    c = t.consumer("w", mode="queue")
-    m = c.poll(timeout=5)
-    assert m.value == b"now"
-    m.ack()
-    m = c.poll(timeout=5)
-    assert m.value == b"later" and time.time() >= sent_at + 0.4
 
 
 def test_backpressure_raises_queue_full(broker, requires):
