@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import ssl
 import threading
 import time
 import weakref
@@ -30,7 +31,7 @@ from pyqueue.errors import Closed, ConfigError, CorruptionError, UnknownTopic
 from pyqueue.jetstream.bridge import Bridge
 from pyqueue.jetstream.direct import DirectSenders
 from pyqueue.jetstream.client import (ERR_INSUFFICIENT_RESOURCES, ERR_REPLICAS_UNSUPPORTED, ERR_STREAM_NOT_FOUND,
-                                      ApiError, Client, parse_url)
+                                      ApiError, Client, connect_options, display_url, parse_url)
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.naming import Names, unescape
 
@@ -45,7 +46,9 @@ _HEADER_ROOM = 8 * KiB
 
 def connect(url: str, *, namespace: str = "pq", replicas: Optional[int] = None, timeout: float = 30.0,
             connect_timeout: float = 5.0, request_timeout: float = 2.0,
-            name: Optional[str] = None, direct_sends: bool = True) -> "JetStreamBroker":
+            name: Optional[str] = None, direct_sends: bool = True, user: Optional[str] = None,
+            password: Optional[str] = None, token: Optional[str] = None,
+            tls: Optional[ssl.SSLContext] = None) -> "JetStreamBroker":
     """Connect to a JetStream cluster: "nats://host:port,nats://host:port,...".
 
     namespace: prefix of every stream, subject and bucket pyqueue creates.
@@ -54,10 +57,15 @@ def connect(url: str, *, namespace: str = "pq", replicas: Optional[int] = None, 
     connect_timeout: how long connecting may take before Unavailable.
     request_timeout: how long one request waits before it is retried.
     direct_sends: each producing thread sends on a connection of its own,
-    driven by that thread (no thread handoff per send; see direct.py)."""
+    driven by that thread (no thread handoff per send; see direct.py).
+    user and password, or token: the server's authorization (they may also
+    be in the URL: nats://user:password@host:port); never shown in messages.
+    tls: an ssl.SSLContext for tls:// servers (or servers that require TLS)
+    whose certificates a default context would not trust, or to present a
+    client certificate."""
     return JetStreamBroker(url, namespace=namespace, replicas=replicas, timeout=timeout,
                            connect_timeout=connect_timeout, request_timeout=request_timeout, name=name,
-                           direct_sends=direct_sends)
+                           direct_sends=direct_sends, user=user, password=password, token=token, tls=tls)
 
 
 def _seconds(name: str, value: object, lo: float, hi: float) -> float:
@@ -76,9 +84,12 @@ class JetStreamBroker:
 
     def __init__(self, url: str, *, namespace: str = "pq", replicas: Optional[int] = None,
                  timeout: float = 30.0, connect_timeout: float = 5.0, request_timeout: float = 2.0,
-                 name: Optional[str] = None, direct_sends: bool = True) -> None:
+                 name: Optional[str] = None, direct_sends: bool = True, user: Optional[str] = None,
+                 password: Optional[str] = None, token: Optional[str] = None,
+                 tls: Optional[ssl.SSLContext] = None) -> None:
         self.servers = parse_url(url)
-        self.url = ",".join(self.servers)
+        self.url = display_url(self.servers)
+        self._auth = connect_options(self.servers, user=user, password=password, token=token, tls=tls)
         self.names = Names(namespace)
         self.timeout = _seconds("timeout", timeout, 0, 86400)
         self.connect_timeout = _seconds("connect_timeout", connect_timeout, 0, 3600)
@@ -96,7 +107,7 @@ class JetStreamBroker:
         try:
             self.client: Client = self._bridge.run(Client.open(
                 self.servers, connect_timeout=self.connect_timeout, request_timeout=self.request_timeout,
-                name=name))
+                name=name, auth=self._auth))
             self.replicas = replicas if replicas is not None else min(3, self.client.cluster_size)
             self.max_payload = int(self.client.nc._server_info.get("max_payload", 1 << 20))
             self._topics_kv, self._groups_kv = self._bridge.run(self._open_buckets(), self.timeout)

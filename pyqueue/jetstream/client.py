@@ -2,7 +2,9 @@
 over it, with bounded timeouts and errors mapped to pyqueue's.
 
 URLs: one string of comma-separated nats://host[:port] or tls://host[:port]
-(port 4222 by default); anything else is a ConfigError naming the URL.
+(port 4222 by default), optionally with user:password@ or token@ before the
+host; anything else is a ConfigError naming the URL.  Credentials never
+appear in messages (display_url).
 Connecting gives up after `connect_timeout` seconds (Unavailable, naming
 the URLs and the last error).  The server must be nats-server 2.9 or newer
 with JetStream enabled (Unsupported, Unavailable otherwise).  After a lost
@@ -26,7 +28,7 @@ from typing import Any, Optional
 from pyqueue.errors import Closed, ConfigError
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 
-__all__ = ["Client", "ApiError", "parse_url", "MIN_SERVER", "TRANSIENT"]
+__all__ = ["Client", "ApiError", "parse_url", "display_url", "connect_options", "MIN_SERVER", "TRANSIENT"]
 
 MIN_SERVER = (2, 9, 0)
 _SCHEMES = ("nats", "tls")
@@ -80,6 +82,44 @@ def parse_url(url: object) -> list[str]:
     return out
 
 
+def display_url(servers: list[str]) -> str:
+    """The servers, comma separated, with any user:password@ or token@ in
+    them shown as ***@ (for messages and repr)."""
+    out = []
+    for server in servers:
+        scheme, _, rest = server.partition("://")
+        out.append(f"{scheme}://***@{rest.rpartition('@')[2]}" if "@" in rest else server)
+    return ",".join(out)
+
+
+def connect_options(servers: list[str], *, user: Optional[str], password: Optional[str],
+                    token: Optional[str], tls: Any) -> dict[str, Any]:
+    """nats-py's connect options for the credentials given to connect():
+    user and password together, or a token; tls an ssl.SSLContext (its CA
+    and client certificate are the caller's).  ConfigError or TypeError on
+    a bad combination."""
+    import ssl
+    out: dict[str, Any] = {}
+    for what, value in (("user", user), ("password", password), ("token", token)):
+        if value is not None and (not isinstance(value, str) or not value):
+            raise TypeError(f"{what} must be a non-empty str")
+    if (user is None) != (password is None):
+        raise ConfigError("user and password go together: give both or neither")
+    if token is not None and user is not None:
+        raise ConfigError("give a token or a user and password, not both")
+    if (user is not None or token is not None) and any("@" in s.partition("://")[2] for s in servers):
+        raise ConfigError("credentials are both in the URL and given as arguments: give them once")
+    if user is not None:
+        out["user"], out["password"] = user, password
+    if token is not None:
+        out["token"] = token
+    if tls is not None:
+        if not isinstance(tls, ssl.SSLContext):
+            raise TypeError(f"tls must be an ssl.SSLContext, not {type(tls).__name__}")
+        out["tls"] = tls
+    return out
+
+
 def is_transient(e: BaseException) -> bool:
     """True for a failure that may pass by itself: a timeout, no responders,
     a lost connection being re-established, JetStream answering 503."""
@@ -119,30 +159,38 @@ class Client:
 
     @classmethod
     async def open(cls, servers: list[str], *, connect_timeout: float, request_timeout: float,
-                   name: Optional[str]) -> "Client":
+                   name: Optional[str], auth: Optional[dict[str, Any]] = None) -> "Client":
         """Connect and check the server: Unavailable or Unsupported on failure,
-        within connect_timeout seconds."""
+        within connect_timeout seconds.  auth: nats-py's user, password,
+        token and tls options (see connect_options)."""
         try:
             import nats
         except ImportError as e:     # pragma: no cover - the extra is missing
             raise Unsupported("the JetStream backend needs nats-py: pip install 'pyqueue[jetstream]'") from e
         errors: list[BaseException] = []
+        refused = asyncio.get_running_loop().create_future()
 
         async def on_error(e: Exception) -> None:
             errors.append(e)
             del errors[:-5]
+            if _refusal(e) and not refused.done():
+                refused.set_result(e)     # retrying cannot help: stop at once
 
         nc = nats.NATS()
         deadline = time.monotonic() + connect_timeout
         try:
-            await asyncio.wait_for(nc.connect(
+            await _first_of(refused, nc.connect(
                 # nats-py annotates these as int but takes seconds as float
                 servers=servers, name=name or "pyqueue",
                 connect_timeout=max(0.2, min(2.0, connect_timeout)),  # type: ignore[arg-type]
                 allow_reconnect=True, max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,  # type: ignore[arg-type]
-                dont_randomize=False, error_cb=on_error, ping_interval=5, max_outstanding_pings=3),
+                dont_randomize=False, error_cb=on_error, ping_interval=5, max_outstanding_pings=3,
+                **(auth or {})),
                 connect_timeout)
+        except _Refused as e:
+            await _close_quietly(nc)
+            raise Unavailable(f"connecting to {display_url(servers)}: refused ({_describe(e.error)})") from None
         except asyncio.CancelledError:
             await _close_quietly(nc)
             raise
@@ -150,7 +198,7 @@ class Client:
             await _close_quietly(nc)
             last = errors[-1] if errors else e
             why = "timed out" if isinstance(e, asyncio.TimeoutError) else "failed"
-            raise Unavailable(f"connecting to {', '.join(servers)} {why} after {connect_timeout:g} s "
+            raise Unavailable(f"connecting to {display_url(servers)} {why} after {connect_timeout:g} s "
                               f"(last error: {_describe(last)})") from e
         client = cls(nc, servers, request_timeout)
         try:
@@ -283,6 +331,44 @@ def _describe(e: Optional[BaseException]) -> str:
 
 
 describe = _describe
+
+
+class _Refused(Exception):
+    def __init__(self, error: BaseException) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+def _refusal(e: BaseException) -> bool:
+    """A connect error that retrying cannot mend: wrong credentials, a
+    certificate that is not trusted."""
+    import ssl
+    if isinstance(e, ssl.SSLCertVerificationError):
+        return True
+    text = str(e).lower()
+    return "authorization violation" in text or "authorization failed" in text or "authentication" in text
+
+
+async def _first_of(refused: "asyncio.Future[Any]", connecting: Any, timeout: float) -> None:
+    """Await `connecting` for up to `timeout` s; _Refused as soon as a
+    refusal is reported (nats-py would go on retrying it)."""
+    task = asyncio.ensure_future(connecting)
+    try:
+        done, _ = await asyncio.wait({task, refused}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:
+        task.cancel()
+        raise
+    if task in done:
+        task.result()
+        return
+    task.cancel()
+    try:
+        await task
+    except BaseException:
+        pass
+    if refused in done:
+        raise _Refused(refused.result())
+    raise asyncio.TimeoutError
 
 
 async def _close_quietly(nc: Any) -> None:

@@ -83,7 +83,7 @@ class DirectSenders:
         from pyqueue.jetstream.client import Client
         b = self._broker
         return await Client.open(b.servers, connect_timeout=b.connect_timeout,
-                                 request_timeout=b.request_timeout, name="pyqueue-sender")
+                                 request_timeout=b.request_timeout, name="pyqueue-sender", auth=b._auth)
 
     def close(self) -> None:
         """Close every thread's connection (waiting for a call in progress)."""
