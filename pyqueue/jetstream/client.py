@@ -148,6 +148,7 @@ class Client:
         self.version: tuple[int, int, int] = _version(nc)
         self.cluster_size = 1 + len(nc._server_info.get("connect_urls") or []) if nc._server_info.get("cluster") else 1
         self.last_error: Optional[BaseException] = None
+        self.reconnects = 0       # times the connection was lost and made again (messages in flight are lost)
         self._js: Any = None
 
     def jetstream(self) -> Any:
@@ -207,10 +208,14 @@ class Client:
             await _close_quietly(nc)
             raise
         nc._error_cb = client._on_error
+        nc._reconnected_cb = client._on_reconnected
         return client
 
     async def _on_error(self, e: Exception) -> None:
         self.last_error = e
+
+    async def _on_reconnected(self) -> None:
+        self.reconnects += 1
 
     async def _check_server(self, deadline: float) -> None:
         url = self.nc.connected_url.geturl() if self.nc.connected_url else self.servers[0]

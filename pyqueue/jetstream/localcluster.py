@@ -5,7 +5,8 @@ starts `size` nats-server processes with JetStream, each with its own store
 directory and cluster routes to the others, on free loopback ports, and
 waits until the JetStream meta group has a leader.  stop() ends the
 processes it started, by pid; kill(i) sends one of them SIGKILL and
-restart(i) starts it again on the same ports and store, to rejoin.
+restart(i) starts it again on the same ports and store, to rejoin.  Each
+node also serves the monitoring endpoints on 127.0.0.1 (meta_leader()).
 
 nats-server 2.9 has no `sync_interval` option (2.10 added it): a stored
 message is written to the file store and replicated to a quorum before the
@@ -75,8 +76,9 @@ class LocalCluster:
         self.sync_interval = sync_interval
         self.max_file_store = max_file_store
         self.max_memory_store = max_memory_store
-        ports = _free_ports(2 * size)
-        self.client_ports, self.route_ports = ports[:size], ports[size:]
+        ports = _free_ports(3 * size)
+        self.client_ports, self.route_ports = ports[:size], ports[size:2 * size]
+        self.monitor_ports = ports[2 * size:]
         self.procs: list[Optional[subprocess.Popen]] = [None] * size
 
     @property
@@ -91,7 +93,8 @@ class LocalCluster:
         return f"n{i}"
 
     def _config(self, i: int) -> str:
-        lines = [f"server_name: {self.name(i)}", f"listen: 127.0.0.1:{self.client_ports[i]}"]
+        lines = [f"server_name: {self.name(i)}", f"listen: 127.0.0.1:{self.client_ports[i]}",
+                 f"http: 127.0.0.1:{self.monitor_ports[i]}"]
         if self.jetstream:
             sync = f"  sync_interval: {self.sync_interval}\n" if self.sync_interval else ""
             lines.append("jetstream {\n"
@@ -143,6 +146,24 @@ class LocalCluster:
                     raise RuntimeError(f"nats-server {self.name(i)} not ready within {timeout} s; "
                                        f"see {self.log_path(i)}")
                 time.sleep(0.05)   # bounded readiness loop: the server has no event to wait on
+
+    def meta_leader(self) -> Optional[int]:
+        """The node leading the JetStream meta group (which creates and
+        deletes streams and consumers), from the first live node's
+        monitoring endpoint; None if no node knows one."""
+        import json
+        import urllib.request
+        for i, proc in enumerate(self.procs):
+            if proc is None or proc.poll() is not None:
+                continue
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.monitor_ports[i]}/jsz", timeout=2) as r:
+                    leader = (json.load(r).get("meta_cluster") or {}).get("leader")
+            except (OSError, ValueError):
+                continue
+            if leader:
+                return [self.name(j) for j in range(self.size)].index(leader)
+        return None
 
     def log_path(self, i: int) -> str:
         return os.path.join(self.root, f"{self.name(i)}.log")

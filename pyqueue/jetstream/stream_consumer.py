@@ -101,6 +101,7 @@ class JsStreamConsumer:
         self._last_maintenance = 0.0
         self._last_commit = time.monotonic()
         self._next_partition = 0
+        self._reconnects = topic._broker.client.reconnects
         self.member_id = new_member_id()
         self._broker._run(ensure_group(self._broker, topic.name, group, "stream", {}))
         self._own = Ownership(self._broker, topic, group, self.member_id, self.session_timeout)
@@ -291,6 +292,8 @@ class JsStreamConsumer:
 
     async def _apoll(self, n: int, until: float) -> list[JsMessage]:
         puller = self._puller
+        if self._broker.client.reconnects != self._reconnects:
+            await self._after_reconnect()
         got = self._take(n)
         if got:
             return got
@@ -327,6 +330,21 @@ class JsStreamConsumer:
             except asyncio.TimeoutError:
                 pass
         return self._take(n)
+
+    async def _after_reconnect(self) -> None:
+        """The connection was lost and made again: messages the server sent
+        meanwhile are lost, and a consumer without acks never sends them
+        again.  Re-make each owned partition's consumer at the position."""
+        self._reconnects = self._broker.client.reconnects
+        for p, o in list(self._owned.items()):
+            old = o.consumer
+            o.incarnation += 1
+            o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
+            self._puller.forget(p)
+            try:
+                await self._make_consumer(p, o, [old], self._short_deadline())
+            except Unavailable:
+                self._reconnects = -1     # try again at the next poll
 
     async def _recover(self, p: int) -> None:
         """A pull request got no answer: if the consumer is gone (it idled

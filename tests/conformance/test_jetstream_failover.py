@@ -119,3 +119,38 @@ def test_leader_killed_under_load(children):
 
         until(caught_up, timeout=60, step=lambda: t.wait(0, len(expected), timeout=0.2))
         assert t.offsets(0) == (0, len(expected))
+
+
+READ_ALL = """
+import sys, pyqueue
+broker = pyqueue.connect(sys.argv[1], namespace="failover2", timeout=90.0, request_timeout=1.0)
+c = broker.topic("orders").consumer("audit", mode="stream", session_timeout=3.0)
+print("ready", flush=True)
+while True:
+    for m in c.poll_batch(100, timeout=1.0):
+        print("r", m.offset, flush=True)
+"""
+
+
+def test_stream_reader_whose_server_is_killed_misses_nothing(children):
+    """A stream-mode reader's consumer sends without acks: what was on the
+    way when the reader's own server died is lost in transit, and the reader
+    must ask for it again after reconnecting to another node."""
+    from pyqueue.jetstream.localcluster import LocalCluster
+    total = 20000
+    with LocalCluster(3) as cluster, \
+            pyqueue.connect(cluster.url, namespace="failover2", timeout=90.0, request_timeout=1.0) as b:
+        t = b.topic("orders")
+        leader = stream_info(b, t._streams[0])["cluster"]["leader"]
+        victim = next(i for i in range(3) if cluster.name(i) != leader)
+        reader = children.spawn(READ_ALL, cluster.node_url(victim))    # connected to the victim only
+        assert reader.line(timeout=60) == "ready", reader.describe()
+        t.send(b"first")
+        for i in range(0, total, 500):
+            t.send_batch([b"%d" % j for j in range(i, i + 500)])
+        until(lambda: len(reader.lines) > total // 4, timeout=60, step=lambda: reader.line(timeout=60))
+        cluster.kill(victim)                      # mid-backlog: batches are on their way
+        offsets = set()
+        while len(offsets) < total + 1:
+            offsets.add(int(reader.line(timeout=60).split()[1]))
+        assert offsets == set(range(total + 1))
