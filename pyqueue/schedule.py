@@ -24,7 +24,7 @@ from pyqueue.config import validate_name
 from pyqueue.errors import ConfigError
 
 __all__ = ["Schedule", "COLUMNS", "check_row", "next_after", "first_after", "fire_plan", "MISFIRE", "MIN_EVERY",
-           "MAX_CATCH_UP", "SLACK_NS"]
+           "MAX_CATCH_UP", "SLACK_NS", "scheduled_for"]
 
 MISFIRE = ("coalesce", "skip", "all")
 MIN_EVERY = 0.001            # seconds
@@ -138,6 +138,11 @@ def first_after(row: tuple, last_ns: Optional[int]) -> Optional[int]:
     if last_ns is None:                           # a one-off in the past still fires once
         last_ns = (at_ns if at_ns is not None else created_ns) - 1
     return next_after(cron, every, at_ns, tz, start_ns, end_ns, created_ns, last_ns)
+
+
+def scheduled_for(t_ns: int) -> str:
+    """A fire time as the x-scheduled-for header gives it (ISO 8601, UTC)."""
+    return datetime.fromtimestamp(t_ns / NS, dt_timezone.utc).isoformat()
 
 
 def fire_plan(spec: "Schedule", last_ns: Optional[int], now_ns: int,

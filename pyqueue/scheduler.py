@@ -30,12 +30,11 @@ import sqlite3
 import threading
 import time
 from array import array
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from pyqueue._native import Dedup, Notify, TimerWheel, encode_headers
 from pyqueue.errors import Closed, ConfigError, PyQueueError, UnknownTopic
-from pyqueue.schedule import COLUMNS, NS, Schedule, check_row, fire_plan, first_after
+from pyqueue.schedule import COLUMNS, NS, Schedule, check_row, fire_plan, first_after, scheduled_for
 
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
@@ -113,8 +112,7 @@ def _last_ns(last: Optional[tuple[int, int]]) -> Optional[int]:
     return None if last is None else last[0]
 
 
-def _iso(t_ns: int) -> str:
-    return datetime.fromtimestamp(t_ns / NS, timezone.utc).isoformat()
+_iso = scheduled_for
 
 
 class Scheduler:
