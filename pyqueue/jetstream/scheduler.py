@@ -22,9 +22,11 @@ try to take the lease every min(0.5 s, lease_ttl / 4).
 
 A fire of time T is: a CAS of the progress to "pending T in partition p,
 whose end was e"; a publish with Nats-Msg-Id "{S}@{T in ns}"; a CAS of the
-progress to "fired up to T".  A scheduler that finds a pending record (its
-predecessor died between the first and last step) looks for the message in
-partition p from offset e on: found, the fire is recorded; not found, it is
+progress to "fired up to T".  (e is the sequence of the active scheduler's
+last publish to p, a lower bound of the end, or the stream's end the first
+time.)  A scheduler that finds a pending record (its predecessor died
+between the first and last step) looks for the message in partition p
+from offset e on: found, the fire is recorded; not found, it is
 published again.  A publish repeated through a failover within the topic's
 dedup_window (the stream's duplicate window, 300 s by default) is also
 dropped by the server.  A CAS that fails (a fenced predecessor's last
@@ -35,8 +37,8 @@ Removal writes a delete marker (seen by the active scheduler's watcher) and
 then purges the keys.  Limits: every definition and progress record is held
 in the active scheduler's memory and read at each takeover, so a namespace
 holds at most `capacity` schedules (default 10,000, at most 100,000); a fire
-costs four round trips to the cluster (a stream's end, two KV writes, one
-publish), so a few hundred fires a second at most.  add_many() is not one
+costs three round trips to the cluster (two KV writes, one publish), one
+after the other, so a few hundred fires a second at most.  add_many() is not one
 transaction: a failure part way leaves the schedules before it stored.
 """
 
@@ -165,6 +167,9 @@ class JetStreamScheduler:
         self._progress: dict[str, tuple[int, dict[str, Any]]] = {}   # id -> (revision, record)
         self._heap: list[tuple[int, str]] = []
         self._next: dict[str, int] = {}                   # id -> next fire time (heap entries not equal are stale)
+        # (topic, partition) -> an offset at or before its end: where a scan
+        # for a fire published from now on may start (saves a request a fire).
+        self._ends: dict[tuple[str, int], int] = {}
         # Definition changes: from the watcher (loop thread) and from this object's own add/remove.
         self._events: "collections.deque[tuple[str, int, Optional[tuple]]]" = collections.deque()
         self._watcher: Any = None
@@ -479,6 +484,7 @@ class JetStreamScheduler:
             self._progress.clear()
             self._heap.clear()
             self._next.clear()
+            self._ends.clear()
             self._events.clear()
             self._watch_error = None
             if self.broker._closed:
@@ -631,6 +637,7 @@ class JetStreamScheduler:
                     else:
                         self._write(spec, {**self._base(spec), "last_ns": t})
             except (UnknownTopic, MessageTooLarge) as e:
+                self._ends = {k: v for k, v in self._ends.items() if k[0] != spec.topic}
                 log.warning("schedule %r: fire at %s not published: %s", spec.id, scheduled_for(actions[-1][0]), e)
                 self._write(spec, {**self._base(spec), "last_ns": actions[-1][0]})
         except _Conflict:
@@ -724,13 +731,16 @@ class JetStreamScheduler:
         topic._size_check(spec.value, spec.key, headers)
         msg_id = fire_id(spec.id, t_ns)
         part = partition_for_key(spec.key if spec.key is not None else msg_id.encode(), topic.partitions)
-        _, end = self.broker._run(topic._offsets(part), self.broker.timeout + 1)
+        end = self._ends.get((spec.topic, part))
+        if end is None:
+            _, end = self.broker._run(topic._offsets(part), self.broker.timeout + 1)
         base = self._base(spec)
         self._write(spec, {**base, "pending": {"t": t_ns, "p": part, "from": end}})
         nh = to_nats_headers(spec.key, headers, msg_id)
         # Not past the lease (give or take a request): a successor publishes it again, deduplicated.
         deadline = time.monotonic() + max(self._lease.left(), self.broker.request_timeout)
         ack = self.broker._send(lambda client: topic._publish(client, part, spec.value, nh, deadline, True))
+        self._ends[(spec.topic, part)] = int(ack["seq"])    # a lower bound of the end from now on
         self._write(spec, {**base, "last_ns": t_ns, "fires": base["fires"] + 1})
         if not ack.get("duplicate"):
             self.fires += 1
