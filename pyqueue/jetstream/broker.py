@@ -9,7 +9,8 @@ with N partitions is N streams (naming.py), each replicated `replicas`
 times (default: 3, or the cluster's size if smaller).
 
 Sends run on a connection of the sending thread's own (direct.py); the rest
-runs on the broker's loop thread (bridge.py).  The broker is thread-safe;
+runs on the broker's loop thread (bridge.py).  broker.scheduler() adds a
+third bucket, `pyqueue_schedules`, on first use (scheduler.py).  The broker is thread-safe;
 every blocking call has a deadline (`timeout`,
 default 30 s, for calls that retry through a leader election; a single
 request waits at most `request_timeout`, default 2 s, before it is retried
