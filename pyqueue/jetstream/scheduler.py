@@ -620,7 +620,11 @@ class JetStreamScheduler:
                 self._place(id, t)
                 break
             del self._next[id]
-            self._fire(id)
+            try:
+                self._fire(id)
+            except BaseException:
+                self._place(id, t)                # tried again next time (Unavailable, a bad record, ...)
+                raise
         return self.fires - before
 
     def _fire(self, id: str) -> None:

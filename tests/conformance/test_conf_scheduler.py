@@ -204,10 +204,13 @@ def test_one_active_scheduler_and_a_takeover_without_duplicates(backend, childre
     t = b.topic("health")
     s = b.scheduler(**options(backend))
     s.add("beat", topic="health", value=b"x", every=0.05)
-    code = backend.child_open_code() + MEMBER.format(options=options(backend))
+    # A lease of 2 s: a busy machine must not starve the active one's renewals into a takeover.
+    code = backend.child_open_code() + MEMBER.format(options=options(backend, lease_ttl=2.0)
+                                                     if backend.name == "jetstream" else {})
     procs = [children.spawn(code) for _ in range(2)]
     wait_a_little = lambda: time.sleep(0.01)     # noqa: E731 - the children report by lines on stdout
-    until(lambda: any(latest(p) == "active" for p in procs), timeout=60, step=wait_a_little)
+    until(lambda: all(p.lines for p in procs) and any(latest(p) == "active" for p in procs), timeout=60,
+          step=wait_a_little)
     active = next(p for p in procs if latest(p) == "active")
     standby = next(p for p in procs if p is not active)
     assert t.wait(0, 10, timeout=30)              # the active one has fired 11 times
