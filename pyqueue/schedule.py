@@ -23,12 +23,14 @@ from croniter import croniter
 from pyqueue.config import validate_name
 from pyqueue.errors import ConfigError
 
-__all__ = ["Schedule", "COLUMNS", "check_row", "next_after", "first_after", "MISFIRE", "MIN_EVERY", "MAX_CATCH_UP"]
+__all__ = ["Schedule", "COLUMNS", "check_row", "next_after", "first_after", "fire_plan", "MISFIRE", "MIN_EVERY",
+           "MAX_CATCH_UP", "SLACK_NS", "scheduled_for"]
 
 MISFIRE = ("coalesce", "skip", "all")
 MIN_EVERY = 0.001            # seconds
 MAX_CATCH_UP = 1000          # misfire="all": fires published per catch-up, the rest coalesced
 NS = 1_000_000_000
+SLACK_NS = 10_000             # a timer may pop this early: a float's rounding of an epoch time in ns
 # A schedule's columns in the scheduler's table, in Schedule.to_row() order.
 COLUMNS = ("id", "topic", "value", "key", "headers", "cron", "every", "at_ns", "timezone",
            "start_ns", "end_ns", "misfire", "created_ns")
@@ -136,6 +138,62 @@ def first_after(row: tuple, last_ns: Optional[int]) -> Optional[int]:
     if last_ns is None:                           # a one-off in the past still fires once
         last_ns = (at_ns if at_ns is not None else created_ns) - 1
     return next_after(cron, every, at_ns, tz, start_ns, end_ns, created_ns, last_ns)
+
+
+def scheduled_for(t_ns: int) -> str:
+    """A fire time as the x-scheduled-for header gives it (ISO 8601, UTC)."""
+    return datetime.fromtimestamp(t_ns / NS, dt_timezone.utc).isoformat()
+
+
+def fire_plan(spec: "Schedule", last_ns: Optional[int], now_ns: int,
+              grace_ns: int) -> tuple[list[tuple[int, int]], Optional[int]]:
+    """What a scheduler does at now_ns for a schedule whose last fire (or
+    recorded skip) was at last_ns: (actions, next fire time after them).
+
+    Each action is (fire time, stands_for): publish the fire time's message
+    standing for that many fire times (x-coalesced when more than one), or,
+    with stands_for 0, record the time as skipped.  No actions when nothing
+    is due yet (then `next` is the first fire time).  Fire times less than
+    grace_ns late are simply published; later ones are misfires and follow
+    the schedule's policy: "all" (each, at most MAX_CATCH_UP, the rest
+    coalesced into the last), "skip" or "coalesce"."""
+    first = spec.next_fire(last_ns)
+    if first is None or first > now_ns + SLACK_NS:
+        return [], first
+    due = [first]                             # every fire time now due, up to the cap
+    while len(due) <= MAX_CATCH_UP:
+        nxt = spec.next_after(due[-1])
+        if nxt is None or nxt > now_ns:
+            break
+        due.append(nxt)
+    extra = 0
+    if len(due) > MAX_CATCH_UP:               # long downtime: find the true latest and count
+        due[-1], extra = _latest_due(spec, due[-1], now_ns)
+    late = [t for t in due if now_ns - t > grace_ns]
+    on_time = due[len(late):]
+    actions: list[tuple[int, int]] = []
+    if late and spec.misfire == "all":
+        actions += [(t, 1) for t in late[:-1]] + [(late[-1], 1 + extra)]
+    elif late and spec.misfire == "skip":
+        actions.append((late[-1], 0))
+    elif late:
+        actions.append((late[-1], len(late) + extra))
+    actions += [(t, 1) for t in on_time]
+    return actions, spec.next_after(due[-1])
+
+
+def _latest_due(spec: "Schedule", from_ns: int, now: int) -> tuple[int, int]:
+    """The latest fire time <= now after from_ns, and how many lie between."""
+    if spec.every is not None:
+        step = int(spec.every * NS)
+        n = (now - from_ns) // step
+        return from_ns + n * step, n
+    t, n = from_ns, 0
+    while True:                               # cron or at: walk (cron is minutely at most)
+        nxt = spec.next_after(t)
+        if nxt is None or nxt > now:
+            return t, n
+        t, n = nxt, n + 1
 
 
 @dataclasses.dataclass(frozen=True)

@@ -30,12 +30,11 @@ import sqlite3
 import threading
 import time
 from array import array
-from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
 
 from pyqueue._native import Dedup, Notify, TimerWheel, encode_headers
 from pyqueue.errors import Closed, ConfigError, PyQueueError, UnknownTopic
-from pyqueue.schedule import COLUMNS, MAX_CATCH_UP, NS, Schedule, check_row, first_after
+from pyqueue.schedule import COLUMNS, NS, Schedule, check_row, fire_plan, first_after, scheduled_for
 
 if TYPE_CHECKING:
     from pyqueue.broker import Broker
@@ -105,7 +104,6 @@ def _pending_key(schedule_id: str) -> bytes:
     return hashlib.blake2b(b"pending:" + schedule_id.encode(), digest_size=16).digest()
 
 
-_SLACK_NS = 10_000          # a timer may pop this early: a float's rounding of an epoch time in ns
 _SKIPPED = (1 << 64) - 1    # "offset" of a fire time recorded without a message
 _EXPIRED = 1                # an expiry time long past: the entry's slot is free again
 
@@ -114,8 +112,7 @@ def _last_ns(last: Optional[tuple[int, int]]) -> Optional[int]:
     return None if last is None else last[0]
 
 
-def _iso(t_ns: int) -> str:
-    return datetime.fromtimestamp(t_ns / NS, timezone.utc).isoformat()
+_iso = scheduled_for
 
 
 class Scheduler:
@@ -493,57 +490,20 @@ class Scheduler:
         spec = self._schedule(rowid)
         if spec is None:
             return
-        first = spec.next_fire(_last_ns(self._last_fire(spec)))
         now = int(self.clock() * NS)
-        if first is None or first > now + _SLACK_NS:   # the hint was early: fired since it was written
-            self._place(rowid, first)
-            self._hints.append((first, rowid, spec.id))
-            return
-        due = [first]                             # every fire time now due, up to the cap
-        while len(due) <= MAX_CATCH_UP:
-            nxt = spec.next_after(due[-1])
-            if nxt is None or nxt > now:
-                break
-            due.append(nxt)
-        grace = int(self.misfire_grace * NS)
-        extra = 0
-        if len(due) > MAX_CATCH_UP:               # long downtime: find the true latest and count
-            due[-1], extra = self._latest_due(spec, due[-1], now)
-        # Fire times less than misfire_grace late are simply published; the
-        # later ones are misfires and follow the schedule's policy.
-        late = [t for t in due if now - t > grace]
-        on_time = due[len(late):]
+        actions, nxt = fire_plan(spec, _last_ns(self._last_fire(spec)), now, int(self.misfire_grace * NS))
         try:
-            if late and spec.misfire == "all":
-                for t in late[:-1]:
-                    self._publish(spec, t, 1)
-                self._publish(spec, late[-1], 1 + extra)
-            elif late and spec.misfire == "skip":
-                self._record_skip(spec, late[-1])
-            elif late:
-                self._publish(spec, late[-1], len(late) + extra)
-            for t in on_time:
-                self._publish(spec, t, 1)
+            for t, stands_for in actions:
+                if stands_for:
+                    self._publish(spec, t, stands_for)
+                else:
+                    self._record_skip(spec, t)
         except UnknownTopic:
             log.warning("schedule %r: topic %r is gone; fire at %s not published",
-                        spec.id, spec.topic, _iso(due[-1]))
-            self._record_skip(spec, due[-1])
-        nxt = spec.next_after(due[-1])
-        self._place(rowid, nxt)
+                        spec.id, spec.topic, _iso(actions[-1][0]))
+            self._record_skip(spec, actions[-1][0])
+        self._place(rowid, nxt)             # without actions: the hint was early (fired since it was written)
         self._hints.append((nxt, rowid, spec.id))
-
-    def _latest_due(self, spec: Schedule, from_ns: int, now: int) -> tuple[int, int]:
-        """The latest fire time <= now after from_ns, and how many lie between."""
-        if spec.every is not None:
-            step = int(spec.every * NS)
-            n = (now - from_ns) // step
-            return from_ns + n * step, n
-        t, n = from_ns, 0
-        while True:                               # cron or at: walk (cron is minutely at most)
-            nxt = spec.next_after(t)
-            if nxt is None or nxt > now:
-                return t, n
-            t, n = nxt, n + 1
 
     def _fired_entry(self, id: str) -> Optional[tuple[int, int]]:
         """(last fire time ns, fires) as recorded, without a pending fire."""

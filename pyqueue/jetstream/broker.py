@@ -9,7 +9,8 @@ with N partitions is N streams (naming.py), each replicated `replicas`
 times (default: 3, or the cluster's size if smaller).
 
 Sends run on a connection of the sending thread's own (direct.py); the rest
-runs on the broker's loop thread (bridge.py).  The broker is thread-safe;
+runs on the broker's loop thread (bridge.py).  broker.scheduler() adds a
+third bucket, `pyqueue_schedules`, on first use (scheduler.py).  The broker is thread-safe;
 every blocking call has a deadline (`timeout`,
 default 30 s, for calls that retry through a leader election; a single
 request waits at most `request_timeout`, default 2 s, before it is retried
@@ -24,7 +25,7 @@ import ssl
 import threading
 import time
 import weakref
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from pyqueue.config import TopicConfig, validate_name
 from pyqueue.errors import Closed, ConfigError, CorruptionError, UnknownTopic
@@ -34,6 +35,9 @@ from pyqueue.jetstream.client import (ERR_INSUFFICIENT_RESOURCES, ERR_REPLICAS_U
                                       ApiError, Client, connect_options, display_url, parse_url)
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.naming import Names, unescape
+
+if TYPE_CHECKING:
+    from pyqueue.jetstream.scheduler import JetStreamScheduler
 
 __all__ = ["JetStreamBroker", "connect"]
 
@@ -99,6 +103,7 @@ class JetStreamBroker:
         self._lock = threading.RLock()
         self._topics: dict[str, Any] = {}
         self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._scheduler: "Optional[JetStreamScheduler]" = None
         self._closed = False
         if not isinstance(direct_sends, bool):
             raise TypeError("direct_sends must be a bool")
@@ -356,10 +361,18 @@ class JetStreamBroker:
                     raise
         await purge_topic_groups(self, name)
 
-    def scheduler(self, **options: Any) -> Any:
-        raise Unsupported("the scheduler does not run on the JetStream backend yet: its durable schedule "
-                          "table and fire log are the embedded engine's (planned: schedules in KV, "
-                          "fires deduplicated by Nats-Msg-Id)")
+    def scheduler(self, **options: Any) -> "JetStreamScheduler":
+        """The namespace's durable scheduler (one object per broker handle;
+        see jetstream/scheduler.py).  Options on first use: clock,
+        misfire_grace, capacity, lease_ttl."""
+        from pyqueue.jetstream.scheduler import JetStreamScheduler
+        with self._lock:
+            self._check_open()
+            if self._scheduler is None:
+                self._scheduler = JetStreamScheduler(self, **options)
+            elif options:
+                raise ConfigError("scheduler options are set on the first call to broker.scheduler()")
+            return self._scheduler
 
     def jobs(self) -> Any:
         raise Unsupported("jobs do not run on the JetStream backend yet (they need the scheduler)")
@@ -380,6 +393,13 @@ class JetStreamBroker:
         with self._lock:
             if self._closed:
                 return
+            scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            try:
+                scheduler.close()             # gives its lease up while the connection is open
+            except Exception:
+                pass
+        with self._lock:
             consumers = list(self._consumers)
             topics, self._topics = list(self._topics.values()), {}
         for c in consumers:

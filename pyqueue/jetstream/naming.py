@@ -11,12 +11,15 @@ keeps every mapping below injective:
     queue group G          consumer {esc(G)}                 (a shared durable, on every partition's stream)
     stream group G         consumer {esc(G)}_s{generation}   (one per partition owner, R1;
                                     re-made as ..._s{generation}r{k} if its server is lost)
-    KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state)
+    KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state),
+                           pyqueue_schedules (the scheduler's, made on first use)
     topic config key       {ns}.{esc(T)}
     group state key        {ns}.{esc(T)}.{esc(G)}.{what}
+    schedule S             {ns}.def.{esc(S)} (definition), {ns}.fired.{esc(S)} (progress)
+    scheduler              {ns}.lease (the active scheduler's lease), {ns}.meta (capacity)
 
 The namespace `ns` (default "pq", connect(namespace=)) is [A-Za-z0-9]{1,32},
-so that several pyqueue deployments can share one NATS account.  The two
+so that several pyqueue deployments can share one NATS account.  The
 buckets are shared by every namespace (their keys start with it): a new
 namespace costs no new replicated stream.  Stream
 names are at most 255 bytes on the server; a topic whose stream name would
@@ -60,12 +63,13 @@ def validate_namespace(ns: object) -> str:
 class Names:
     """The server-side names of one namespace."""
 
-    __slots__ = ("ns", "topics_bucket", "groups_bucket")
+    __slots__ = ("ns", "topics_bucket", "groups_bucket", "schedules_bucket")
 
     def __init__(self, ns: str) -> None:
         self.ns = validate_namespace(ns)
         self.topics_bucket = "pyqueue_topics"
         self.groups_bucket = "pyqueue_groups"
+        self.schedules_bucket = "pyqueue_schedules"
 
     def check_topic(self, topic: str, partitions: int) -> None:
         """InvalidName if the topic's longest stream name is too long for the server."""
@@ -101,3 +105,13 @@ class Names:
 
     def group_prefix(self, topic: str, group: str) -> str:
         return f"{self.ns}.{escape(topic)}.{escape(group)}"
+
+    def schedule_key(self, schedule: str) -> str:
+        return f"{self.ns}.def.{escape(schedule)}"
+
+    def fired_key(self, schedule: str) -> str:
+        return f"{self.ns}.fired.{escape(schedule)}"
+
+    def scheduler_key(self, what: str) -> str:
+        """{ns}.lease or {ns}.meta"""
+        return f"{self.ns}.{what}"
