@@ -3,8 +3,8 @@
     broker = pyqueue.connect("nats://127.0.0.1:4222,nats://127.0.0.1:4223")
 
 returns a JetStreamBroker with the embedded Broker's API (topics, send,
-read, consumer groups in stream and queue mode, dead letters, redrive);
-what this backend does not provide raises Unsupported with the reason.
+read, consumer groups in stream and queue mode, dead letters, redrive,
+jobs); what this backend does not provide raises Unsupported with the reason.
 Needs nats-py (pip install 'pyqueue[jetstream]') and nats-server 2.9 or
 newer with JetStream.  The modules, one concept each:
 
@@ -15,6 +15,7 @@ newer with JetStream.  The modules, one concept each:
     stream_consumer.py stream mode: partition ownership in KV, one consumer per owner
     ownership.py       stream mode's membership, generations and commits (KV CAS)
     group_state.py     a group's stored mode and settings; stats; deletion
+    job_store.py       jobs: definitions, job states and workers in KV (broker.jobs())
     pull.py            pull requests and the buffer of delivered messages
     client.py          the connection, API requests, timeouts and retries
     bridge.py          the sync API over asyncio: one loop thread per broker

@@ -88,6 +88,7 @@ class JetStreamBroker:
         self._lock = threading.RLock()
         self._topics: dict[str, Any] = {}
         self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
+        self._jobs: Any = None
         self._closed = False
         if not isinstance(direct_sends, bool):
             raise TypeError("direct_sends must be a bool")
@@ -350,8 +351,26 @@ class JetStreamBroker:
                           "table and fire log are the embedded engine's (planned: schedules in KV, "
                           "fires deduplicated by Nats-Msg-Id)")
 
-    def jobs(self) -> Any:
-        raise Unsupported("jobs do not run on the JetStream backend yet (they need the scheduler)")
+    def jobs(self, **options: Any) -> Any:
+        """The namespace's jobs (pyqueue.jobs.Jobs, one object per broker
+        handle): definitions, states and worker heartbeats in the
+        `pyqueue_jobs` KV bucket (job_store.py), messages on this broker's
+        topics.  Options on first use: keep.  schedule() goes through
+        scheduler()."""
+        from pyqueue.jobs import Jobs
+        from pyqueue.jetstream.job_store import JsJobStore
+        with self._lock:
+            self._check_open()
+            if self._jobs is not None:
+                if options:
+                    raise ConfigError("jobs options are set on the first call to broker.jobs()")
+                return self._jobs
+        jobs = Jobs(self, store=JsJobStore(self), **options)    # type: ignore[arg-type]
+        with self._lock:
+            self._check_open()
+            if self._jobs is None:
+                self._jobs = jobs
+            return self._jobs
 
     def stats(self) -> dict[str, Any]:
         """Per topic and partition: offsets, messages, bytes; per group: lag and in flight."""
@@ -371,6 +390,9 @@ class JetStreamBroker:
                 return
             consumers = list(self._consumers)
             topics, self._topics = list(self._topics.values()), {}
+            jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            jobs.close()
         for c in consumers:
             try:
                 c.close()

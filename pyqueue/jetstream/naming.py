@@ -11,12 +11,14 @@ keeps every mapping below injective:
     queue group G          consumer {esc(G)}                 (a shared durable, on every partition's stream)
     stream group G         consumer {esc(G)}_s{generation}   (one per partition owner, R1;
                                     re-made as ..._s{generation}r{k} if its server is lost)
-    KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state)
+    KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state),
+                           pyqueue_jobs (job definitions, states, workers; job_store.py)
     topic config key       {ns}.{esc(T)}
     group state key        {ns}.{esc(T)}.{esc(G)}.{what}
+    job keys               {ns}.defs, {ns}.j.{id}, {ns}.f.{hash}.{time}, {ns}.w.{host}.{pid}
 
 The namespace `ns` (default "pq", connect(namespace=)) is [A-Za-z0-9]{1,32},
-so that several pyqueue deployments can share one NATS account.  The two
+so that several pyqueue deployments can share one NATS account.  The
 buckets are shared by every namespace (their keys start with it): a new
 namespace costs no new replicated stream.  Stream
 names are at most 255 bytes on the server; a topic whose stream name would
@@ -60,12 +62,13 @@ def validate_namespace(ns: object) -> str:
 class Names:
     """The server-side names of one namespace."""
 
-    __slots__ = ("ns", "topics_bucket", "groups_bucket")
+    __slots__ = ("ns", "topics_bucket", "groups_bucket", "jobs_bucket")
 
     def __init__(self, ns: str) -> None:
         self.ns = validate_namespace(ns)
         self.topics_bucket = "pyqueue_topics"
         self.groups_bucket = "pyqueue_groups"
+        self.jobs_bucket = "pyqueue_jobs"
 
     def check_topic(self, topic: str, partitions: int) -> None:
         """InvalidName if the topic's longest stream name is too long for the server."""

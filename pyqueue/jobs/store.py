@@ -12,8 +12,8 @@ of ids.  Two submits in one microsecond that draw the same bits collide on
 the primary key and the loser draws again.
 
 Waiting: result() sleeps on a futex word in jobs/notify (Notify), armed
-before it looks at the row; write() of final states and cancel() wake it,
-across processes.  A sleep lasts at most a second, in case a wake-up was
+before it looks at the row; cancel() wakes it, and a worker's wake() once a
+batch of outcomes is written and its messages settled, across processes.  A sleep lasts at most a second, in case a wake-up was
 lost with a killed process.
 
 Bounds: a retention pass deletes at most PURGE_BATCH rows; list() returns at
@@ -300,17 +300,17 @@ class JobStore:
         worker, heartbeat_ns, id); finals: (state, attempts, started_ns,
         finished_ns, result, error, exit_code, worker, id).  Rows that are no
         longer queued or running (cancelled meanwhile) are left alone."""
-        if not isinstance(finals, (list, tuple)):
-            finals = builtins.list(finals)
-
         def tx(db: sqlite3.Connection) -> None:
             db.executemany("UPDATE jobs SET state='running', attempts=?, started_ns=?, worker=?, heartbeat_ns=? "
                            f"WHERE id=? AND state IN {_LIVE}", running)
             db.executemany("UPDATE jobs SET state=?, attempts=?, started_ns=?, finished_ns=?, result=?, error=?, "
                            f"exit_code=?, worker=? WHERE id=? AND state IN {_LIVE}", finals)
         self._tx(tx)
-        if finals:
-            self._notify.wake()            # result() waiters look again
+
+    def wake(self) -> None:
+        """Have result() waiters look again (a worker calls it once a batch's
+        messages are settled too)."""
+        self._notify.wake()
 
     def heartbeat(self, ids: Sequence[int], now_ns: int) -> set[int]:
         """Stamp running jobs; returns those of `ids` that were cancelled."""

@@ -684,6 +684,8 @@ class Worker:
             except PyQueueError:
                 log.exception("job %016x: could not settle its message", o.jid)
         self.done += len(outs)
+        if finals:
+            self._store.wake()
 
     def _settle(self, o: Outcome, pid: int) -> tuple[Optional[tuple], Any]:
         """The row to write for an outcome, and what to do with its message."""

@@ -38,7 +38,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "max_depth": "max_depth backpressure counts a group's unread messages; JetStream limits stream size only",
         "read_batch": "read_batch is zero-copy over mapped segment files, which only the embedded engine has",
         "scheduler": "the scheduler's durable table and fire log are not ported to KV yet",
-        "jobs": "job states and definitions are not ported to KV yet",
         "offset_window": "max_in_flight is a count of unacked messages (MaxAckPending), not a window of offsets",
         "instant_lease_return": "a dead member's leases come back after AckWait: pull consumers have no liveness",
         "cross_process_lease_lost": "an ack of a delivery redelivered to another process is accepted (the work "
@@ -126,8 +125,11 @@ async def _drop(b: Any) -> None:
                 await b.client.api(f"STREAM.DELETE.{name}")
             except Exception:
                 pass
-    for bucket in (b.names.topics_bucket, b.names.groups_bucket):
-        await b.client.api(f"STREAM.PURGE.KV_{bucket}", {"filter": f"$KV.{bucket}.{b.names.ns}.>"})
+    for bucket in (b.names.topics_bucket, b.names.groups_bucket, b.names.jobs_bucket):
+        try:
+            await b.client.api(f"STREAM.PURGE.KV_{bucket}", {"filter": f"$KV.{bucket}.{b.names.ns}.>"})
+        except Exception:
+            pass                  # the bucket was never made (no test of this run used it)
 
 
 @pytest.fixture(params=BACKENDS)
