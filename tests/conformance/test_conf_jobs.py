@@ -1,20 +1,25 @@
 """Jobs on every backend: define, submit, a worker runs it, result; retries
 then dead; cancel; status, list and counts; a worker SIGKILLed mid-job;
-result() with a timeout; schedules (where the backend has a scheduler).
+result() with a timeout; schedules (where the backend has a scheduler); the
+command line (`pyqueue worker` and `pyqueue jobs` with --path or --url).
 
 Workers are real processes (`broker.jobs().work()` in a child opened with
 backend.child_open_code()); the job targets live in tests/jobs_targets.py.
 Every worker of a test uses the same visibility timeout (on JetStream it is
 the worker group's, stored with it)."""
 
+import json
 import os
 import signal
+import subprocess
+import sys
 import time
 
 import pytest
 
 import pyqueue
 
+from conftest import CHILD_CWD, child_env
 from conformance.support import until
 
 VIS = 1.0
@@ -236,3 +241,34 @@ broker.close()
     start_worker(backend, children)
     poll_status(jobs, jid, lambda s: s.state == "running" and s.attempts == 1)
     assert jobs.cancel(jid) is True
+
+
+def test_the_command_line_worker_and_jobs_commands(backend, broker, children):
+    where = (["--path", backend.path] if backend.name == "embedded"
+             else ["--url", backend.cluster.url, "--namespace", backend.namespace])
+    jobs = broker.jobs()
+    jobs.define("add", target="jobs_targets:add")
+
+    def cli(*args):
+        out = subprocess.run([sys.executable, "-m", "pyqueue.cli", *args], capture_output=True, text=True,
+                             env=child_env(), cwd=CHILD_CWD, timeout=60)
+        return out.returncode, out.stdout, out.stderr
+
+    queued = jobs.submit("add", 0, 0)
+    assert cli("jobs", "cancel", *where, queued)[:2] == (0, f"{queued}\tcancelled\n")
+    worker = children.spawn("""
+        import sys
+        from pyqueue.cli import main
+        sys.argv = ["pyqueue", "worker", *sys.argv[1:]]
+        main()
+    """, *where)
+    jid = jobs.submit("add", 3, 4)
+    assert jobs.result(jid, timeout=30) == 7
+    rc, out, err = cli("jobs", "status", *where, jid)
+    assert rc == 0 and json.loads(out)["state"] == "succeeded" and json.loads(out)["result"] == 7, err
+    rc, out, _ = cli("jobs", "list", *where, "--state", "cancelled")
+    assert rc == 0 and out.split("\t")[0] == queued and len(out.splitlines()) == 1
+    rc, out, _ = cli("jobs", "workers", *where)
+    assert rc == 0 and str(worker.proc.pid) in out
+    worker.proc.send_signal(signal.SIGTERM)
+    assert worker.wait() == 0
