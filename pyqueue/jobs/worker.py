@@ -461,6 +461,11 @@ class Worker:
         """_lease() for a topic without a wake-up word: take what the
         waiter's poll got, poll without waiting for the rest of the room; when
         the queue is empty, have the waiter thread make the waiting poll."""
+        with self._waiter_cv:
+            got, self._prefetched = self._prefetched, []
+        if got:
+            self._admit(got)                   # to the backlog, whose leases the heartbeat extends
+            self._place_backlog()
         for _ in range(4):
             if self._backlog:
                 return
@@ -470,9 +475,7 @@ class Worker:
             with self._waiter_cv:
                 if self._waiting:
                     return                     # the waiter is polling (the consumer takes one poll at a time)
-                msgs, self._prefetched = self._prefetched, []
-            if len(msgs) < room:
-                msgs += self.consumer.poll_batch(room - len(msgs), timeout=0)
+            msgs = self.consumer.poll_batch(room, timeout=0)
             if not msgs:
                 with self._waiter_cv:
                     self._waiting = True

@@ -272,3 +272,33 @@ def test_the_command_line_worker_and_jobs_commands(backend, broker, children):
     assert rc == 0 and str(worker.proc.pid) in out
     worker.proc.send_signal(signal.SIGTERM)
     assert worker.wait() == 0
+
+
+def test_a_result_larger_than_the_store_holds_fails_the_attempt(backend, broker, children):
+    jobs = broker.jobs()
+    jobs.define("big", target="jobs_targets:big_result")           # max_result_bytes: 1 MiB
+    start_worker(backend, children)
+    jid = jobs.submit("big", 1_000_000)
+    if backend.name == "embedded":
+        assert len(jobs.result(jid, timeout=30)) == 1_000_000
+    else:                                  # a KV value holds the server's max_payload (1 MiB) less 64 KiB
+        with pytest.raises(pyqueue.JobFailed, match="ResultTooLarge"):
+            jobs.result(jid, timeout=30)
+    assert jobs.result(jobs.submit("big", 1000), timeout=30) == "x" * 1000
+
+
+def test_jetstream_list_and_counts_stop_at_their_scan_limit(backend, broker, monkeypatch):
+    if backend.name != "jetstream":
+        pytest.skip("embedded backend: list() and counts() are indexed SQLite queries, without a scan limit")
+    from pyqueue.jetstream import Unsupported, job_store
+    jobs = broker.jobs()
+    jobs.define("add", target="jobs_targets:add")
+    for i in range(4):
+        jobs.submit("add", i, i)
+    monkeypatch.setattr(job_store, "MAX_SCAN", 3)
+    with pytest.raises(Unsupported, match=r"list\(\) reads every job record.*stops at 3"):
+        jobs.list()
+    with pytest.raises(Unsupported, match=r"counts\(\)"):
+        jobs.counts()
+    monkeypatch.setattr(job_store, "MAX_SCAN", 4)
+    assert jobs.counts() == {"queued": 4}
