@@ -27,14 +27,14 @@ def _where(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _open(path: Optional[str], url: Optional[str], namespace: str) -> Any:
-    if (path is None) == (url is None):
-        raise click.UsageError("give the broker as --path DIRECTORY or as --url nats://...")
     try:
-        if url is not None:
+        if path is not None and url is None:
+            return pyqueue.open(path, create=False)
+        if url is not None and path is None:
             return pyqueue.connect(url, namespace=namespace)
-        return pyqueue.open(path, create=False)
     except pyqueue.PyQueueError as e:
         raise click.ClickException(str(e)) from e
+    raise click.UsageError("give the broker as --path DIRECTORY or as --url nats://...")
 
 
 def _when(t: Optional[float]) -> str:
