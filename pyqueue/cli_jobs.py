@@ -1,12 +1,13 @@
 """The jobs commands of the `pyqueue` command line: `pyqueue worker` and
-`pyqueue jobs list | status | cancel | workers`."""
+`pyqueue jobs list | status | cancel | workers`.  Each takes a broker
+directory (--path) or a JetStream cluster (--url, with --namespace)."""
 
 from __future__ import annotations
 
 import datetime
 import json
 import logging
-from typing import Optional
+from typing import Any, Callable, Optional
 
 import click
 
@@ -16,11 +17,24 @@ from pyqueue.jobs.status import STATES
 __all__ = ["register"]
 
 
-def _open(path: str) -> pyqueue.Broker:
+def _where(f: Callable[..., Any]) -> Callable[..., Any]:
+    """The options that name the broker: --path, or --url and --namespace."""
+    f = click.option("--namespace", default="pq", show_default=True,
+                     help="With --url: the namespace of the topics and jobs.")(f)
+    f = click.option("--url", default=None,
+                     help="A JetStream cluster instead: nats://host:port[,nats://host:port...].")(f)
+    return click.option("--path", default=None, type=click.Path(file_okay=False), help="Broker directory.")(f)
+
+
+def _open(path: Optional[str], url: Optional[str], namespace: str) -> Any:
     try:
-        return pyqueue.open(path, create=False)
+        if path is not None and url is None:
+            return pyqueue.open(path, create=False)
+        if url is not None and path is None:
+            return pyqueue.connect(url, namespace=namespace)
     except pyqueue.PyQueueError as e:
         raise click.ClickException(str(e)) from e
+    raise click.UsageError("give the broker as --path DIRECTORY or as --url nats://...")
 
 
 def _when(t: Optional[float]) -> str:
@@ -30,7 +44,7 @@ def _when(t: Optional[float]) -> str:
 
 
 @click.command()
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
+@_where
 @click.option("--concurrency", type=click.IntRange(1, 256), default=1, show_default=True,
               help="Child processes running jobs.")
 @click.option("--queue", default="jobs", show_default=True, help="The queue (topic) to take jobs from.")
@@ -38,10 +52,11 @@ def _when(t: Optional[float]) -> str:
               help="Seconds a stop (SIGTERM) waits for running jobs before returning them to the queue.")
 @click.option("--keep", type=float, default=None, help="Seconds finished jobs are kept (default one day).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run the broker's scheduler in this worker.")
-def worker(path: str, concurrency: int, queue: str, grace: float, keep: Optional[float], no_scheduler: bool) -> None:
+def worker(path: Optional[str], url: Optional[str], namespace: str, concurrency: int, queue: str, grace: float,
+           keep: Optional[float], no_scheduler: bool) -> None:
     """Run jobs from a queue in a pool of child processes until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    with _open(path) as b:
+    with _open(path, url, namespace) as b:
         try:
             jobs = b.jobs(keep=keep) if keep is not None else b.jobs()
             n = jobs.work(concurrency=concurrency, queue=queue, grace=grace, scheduler=not no_scheduler)
@@ -56,24 +71,25 @@ def jobs_group() -> None:
 
 
 @jobs_group.command("list")
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
+@_where
 @click.option("--state", type=click.Choice(STATES), default=None)
 @click.option("--name", default=None, help="Only jobs of this definition.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
-def list_jobs(path: str, state: Optional[str], name: Optional[str], limit: int) -> None:
+def list_jobs(path: Optional[str], url: Optional[str], namespace: str, state: Optional[str], name: Optional[str],
+              limit: int) -> None:
     """Jobs, newest first: id, name, state, attempts, queued, started, finished."""
-    with _open(path) as b:
+    with _open(path, url, namespace) as b:
         for s in b.jobs().list(state=state, name=name, limit=limit):
             click.echo("\t".join([s.id, s.name, s.state, str(s.attempts), _when(s.queued_at), _when(s.started_at),
                                   _when(s.finished_at)]))
 
 
 @jobs_group.command("status")
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
+@_where
 @click.argument("job_id")
-def status(path: str, job_id: str) -> None:
+def status(path: Optional[str], url: Optional[str], namespace: str, job_id: str) -> None:
     """One job's status as JSON."""
-    with _open(path) as b:
+    with _open(path, url, namespace) as b:
         try:
             st = b.jobs().status(job_id)
         except pyqueue.PyQueueError as e:
@@ -82,11 +98,11 @@ def status(path: str, job_id: str) -> None:
 
 
 @jobs_group.command("cancel")
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
+@_where
 @click.argument("job_ids", nargs=-1, required=True)
-def cancel(path: str, job_ids: tuple[str, ...]) -> None:
+def cancel(path: Optional[str], url: Optional[str], namespace: str, job_ids: tuple[str, ...]) -> None:
     """Cancel jobs (queued ones never run; running ones are killed)."""
-    with _open(path) as b:
+    with _open(path, url, namespace) as b:
         for jid in job_ids:
             try:
                 done = b.jobs().cancel(jid)
@@ -96,10 +112,10 @@ def cancel(path: str, job_ids: tuple[str, ...]) -> None:
 
 
 @jobs_group.command("workers")
-@click.option("--path", required=True, type=click.Path(file_okay=False), help="Broker directory.")
-def workers(path: str) -> None:
+@_where
+def workers(path: Optional[str], url: Optional[str], namespace: str) -> None:
     """Workers and their last heartbeat."""
-    with _open(path) as b:
+    with _open(path, url, namespace) as b:
         for w in b.jobs().workers():
             click.echo(f"{w['host']}\tpid={w['pid']}\tqueue={w['queue']}\tconcurrency={w['concurrency']}\t"
                        f"running={w['running']}\tdone={w['done']}\theartbeat={_when(w['heartbeat_at'])}")

@@ -4,7 +4,7 @@
 
 returns a JetStreamBroker with the embedded Broker's API (topics, send,
 read, consumer groups in stream and queue mode, dead letters, redrive,
-the scheduler);
+the scheduler, jobs);
 what this backend does not provide raises Unsupported with the reason.
 Needs nats-py (pip install 'pyqueue[jetstream]') and nats-server 2.9 or
 newer with JetStream.  The modules, one concept each:
@@ -18,6 +18,7 @@ newer with JetStream.  The modules, one concept each:
     group_state.py     a group's stored mode and settings; stats; deletion
     scheduler.py       the durable scheduler: schedules and progress in KV
     lease.py           one holder at a time of a KV key (the active scheduler)
+    job_store.py       jobs: definitions, job states and workers in KV (broker.jobs())
     pull.py            pull requests and the buffer of delivered messages
     client.py          the connection, API requests, timeouts and retries
     bridge.py          the sync API over asyncio: one loop thread per broker

@@ -104,6 +104,7 @@ class JetStreamBroker:
         self._topics: dict[str, Any] = {}
         self._consumers: "weakref.WeakSet[Any]" = weakref.WeakSet()
         self._scheduler: "Optional[JetStreamScheduler]" = None
+        self._jobs: Any = None
         self._closed = False
         if not isinstance(direct_sends, bool):
             raise TypeError("direct_sends must be a bool")
@@ -374,8 +375,26 @@ class JetStreamBroker:
                 raise ConfigError("scheduler options are set on the first call to broker.scheduler()")
             return self._scheduler
 
-    def jobs(self) -> Any:
-        raise Unsupported("jobs do not run on the JetStream backend yet (they need the scheduler)")
+    def jobs(self, **options: Any) -> Any:
+        """The namespace's jobs (pyqueue.jobs.Jobs, one object per broker
+        handle): definitions, states and worker heartbeats in the
+        `pyqueue_jobs` KV bucket (job_store.py), messages on this broker's
+        topics.  Options on first use: keep.  schedule() goes through
+        scheduler()."""
+        from pyqueue.jobs import Jobs
+        from pyqueue.jetstream.job_store import JsJobStore
+        with self._lock:
+            self._check_open()
+            if self._jobs is not None:
+                if options:
+                    raise ConfigError("jobs options are set on the first call to broker.jobs()")
+                return self._jobs
+        jobs = Jobs(self, store=JsJobStore(self), **options)    # type: ignore[arg-type]
+        with self._lock:
+            self._check_open()
+            if self._jobs is None:
+                self._jobs = jobs
+            return self._jobs
 
     def stats(self) -> dict[str, Any]:
         """Per topic and partition: offsets, messages, bytes; per group: lag and in flight."""
@@ -402,6 +421,9 @@ class JetStreamBroker:
         with self._lock:
             consumers = list(self._consumers)
             topics, self._topics = list(self._topics.values()), {}
+            jobs, self._jobs = self._jobs, None
+        if jobs is not None:
+            jobs.close()
         for c in consumers:
             try:
                 c.close()

@@ -12,11 +12,13 @@ keeps every mapping below injective:
     stream group G         consumer {esc(G)}_s{generation}   (one per partition owner, R1;
                                     re-made as ..._s{generation}r{k} if its server is lost)
     KV buckets             pyqueue_topics (topic configs), pyqueue_groups (group state),
-                           pyqueue_schedules (the scheduler's, made on first use)
+                           pyqueue_schedules (the scheduler's, made on first use),
+                           pyqueue_jobs (job definitions, states, workers; job_store.py)
     topic config key       {ns}.{esc(T)}
     group state key        {ns}.{esc(T)}.{esc(G)}.{what}
     schedule S             {ns}.def.{esc(S)} (definition), {ns}.fired.{esc(S)} (progress)
     scheduler              {ns}.lease (the active scheduler's lease), {ns}.meta (capacity)
+    job keys               {ns}.defs, {ns}.j.{id}, {ns}.f.{hash}.{time}, {ns}.w.{host}.{pid}
 
 The namespace `ns` (default "pq", connect(namespace=)) is [A-Za-z0-9]{1,32},
 so that several pyqueue deployments can share one NATS account.  The
@@ -63,13 +65,14 @@ def validate_namespace(ns: object) -> str:
 class Names:
     """The server-side names of one namespace."""
 
-    __slots__ = ("ns", "topics_bucket", "groups_bucket", "schedules_bucket")
+    __slots__ = ("ns", "topics_bucket", "groups_bucket", "schedules_bucket", "jobs_bucket")
 
     def __init__(self, ns: str) -> None:
         self.ns = validate_namespace(ns)
         self.topics_bucket = "pyqueue_topics"
         self.groups_bucket = "pyqueue_groups"
         self.schedules_bucket = "pyqueue_schedules"
+        self.jobs_bucket = "pyqueue_jobs"
 
     def check_topic(self, topic: str, partitions: int) -> None:
         """InvalidName if the topic's longest stream name is too long for the server."""

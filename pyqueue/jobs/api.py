@@ -1,9 +1,11 @@
 """Jobs: define, submit, schedule, watch and cancel jobs; run workers.
 
-Get it with broker.jobs().  Everything lives in the broker directory: the
-definitions and job states in jobs/jobs.db, the messages in the queue topics
-(one per definition's queue, "jobs" by default), the schedules in the
-broker's scheduler.  Any process that opens the broker may call any method.
+Get it with broker.jobs().  The definitions and job states live in the
+broker's job store (store_api.StoreAPI): on the embedded engine jobs/jobs.db
+in the broker directory, on JetStream a KV bucket (jetstream/job_store.py).
+The messages travel on the broker's queue topics (one per definition's
+queue, "jobs" by default), the schedules in the broker's scheduler.  Any
+process that opens the broker may call any method.
 """
 
 from __future__ import annotations
@@ -15,13 +17,12 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
-from pyqueue._native import Notify
 from pyqueue.config import validate_name
 from pyqueue.errors import Closed, ConfigError, MessageTooLarge
 from pyqueue.jobs.definition import DEFAULT_MAX_RESULT_BYTES, JobDefinition
 from pyqueue.jobs.errors import JobFailed, ResultTimeout, UnknownJob
 from pyqueue.jobs.status import STATES, SUCCEEDED, JobStatus, format_id, parse_id
-from pyqueue.jobs.store import JobStore
+from pyqueue.jobs.store_api import StoreAPI
 from pyqueue.policy import Backoff
 
 if TYPE_CHECKING:
@@ -37,16 +38,23 @@ _DEFINITIONS_TTL = 1.0           # seconds a process trusts its cached definitio
 
 class Jobs:
     """The broker's jobs.  keep: seconds a finished job's state is kept
-    (workers remove older ones)."""
+    (workers remove older ones).  store: the job store (default: SQLite in
+    the broker directory; the JetStream broker passes its KV store)."""
 
-    def __init__(self, broker: "Broker", *, keep: float = DEFAULT_KEEP) -> None:
+    def __init__(self, broker: "Broker", *, keep: float = DEFAULT_KEEP, store: Optional[StoreAPI] = None) -> None:
         if not isinstance(keep, (int, float)) or isinstance(keep, bool) or not math.isfinite(keep) or keep <= 0:
             raise ConfigError(f"keep={keep!r} must be a number of seconds > 0")
         self.broker = broker
         self.keep = float(keep)
-        self.dir = os.path.join(broker.path, "jobs")
-        self._store = JobStore(self.dir, fsync=broker.fsync)
-        self._notify = Notify(os.path.join(self.dir, "notify"))
+        path = getattr(broker, "path", None)
+        # where the jobs live, for messages: the broker directory, or the cluster and namespace
+        self.where: str = path if path is not None else f"{broker.url} namespace {broker.names.ns}"  # type: ignore[attr-defined]
+        self.dir = os.path.join(path, "jobs") if path is not None else None
+        self.jetstream = getattr(broker, "backend", "embedded") == "jetstream"
+        if store is None:
+            from pyqueue.jobs.store import JobStore
+            store = JobStore(os.path.join(broker.path, "jobs"), fsync=broker.fsync)
+        self._store: StoreAPI = store
         self._lock = threading.Lock()
         self._defs: dict[str, JobDefinition] = {}
         self._defs_version = -1
@@ -55,11 +63,11 @@ class Jobs:
         self._closed = False
 
     def __repr__(self) -> str:
-        return f"<pyqueue.Jobs {self.dir!r}>"
+        return f"<pyqueue.Jobs {self.where!r}>"
 
     def _check_open(self) -> None:
         if self._closed:
-            raise Closed(f"the jobs of {self.broker.path} are closed")
+            raise Closed(f"the jobs of {self.where} are closed")
 
     # -- definitions --
 
@@ -105,7 +113,7 @@ class Jobs:
             d = self._defs.get(name)
         if d is None:
             known = ", ".join(sorted(self._defs)) or "none"
-            raise UnknownJob(f"no job named {name!r} is defined in {self.broker.path} (defined: {known})")
+            raise UnknownJob(f"no job named {name!r} is defined in {self.where} (defined: {known})")
         return d
 
     def definitions(self) -> list[JobDefinition]:
@@ -133,8 +141,12 @@ class Jobs:
             raise MessageTooLarge(f"arguments of job {name!r} are {len(payload)} bytes of JSON; queue "
                                   f"{d.queue!r} takes at most {limit} (max_message_bytes less {_HEADROOM})")
         jid = self._store.insert(name, time.time_ns())     # the row exists before any worker can see the message
+        headers = {"x-job": name.encode(), "x-job-id": format_id(jid).encode()}
         try:
-            topic.send(payload, headers={"x-job": name.encode(), "x-job-id": format_id(jid).encode()})
+            if self.jetstream:      # a dedup id makes the send safe to retry through a failover
+                topic.send(payload, headers=headers, dedup_id=f"pq-job:{format_id(jid)}")
+            else:
+                topic.send(payload, headers=headers)
         except BaseException:
             self._store.delete(jid)
             raise
@@ -179,7 +191,7 @@ class Jobs:
         self._check_open()
         st = self._store.get(self._id(job_id))
         if st is None:
-            raise UnknownJob(f"no job {job_id} in {self.broker.path} (never submitted, or finished more than "
+            raise UnknownJob(f"no job {job_id} in {self.where} (never submitted, or finished more than "
                              f"keep={self.keep:g} s ago)")
         return st
 
@@ -189,29 +201,19 @@ class Jobs:
         if timeout is not None and (not isinstance(timeout, (int, float)) or isinstance(timeout, bool)
                                     or not math.isfinite(timeout) or timeout < 0):
             raise ConfigError(f"timeout={timeout!r} must be None or a number of seconds >= 0")
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            seq = self._notify.arm()            # armed before the look: a write between is not missed
-            try:
-                st = self.status(job_id)
-            except BaseException:
-                self._notify.disarm()
-                raise
-            if st.done:
-                self._notify.disarm()
-                if st.state == SUCCEEDED:
-                    return st.result
-                first = (st.error or "").split("\n", 1)[0]
-                raise JobFailed(f"job {job_id} ({st.name}) ended {st.state} after {st.attempts} attempt(s)"
-                                + (f": {first}" if first else ""), st)
-            wait = 1.0                          # a bound, in case a wake-up is lost with a killed worker
-            if deadline is not None:
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    self._notify.disarm()
-                    raise ResultTimeout(f"job {job_id} ({st.name}) is still {st.state} after {timeout} s")
-                wait = min(wait, left)
-            self._notify.sleep(seq, wait)
+        self._check_open()
+        jid = self._id(job_id)
+        st = self._store.wait(jid, timeout)
+        if st is None:
+            raise UnknownJob(f"no job {job_id} in {self.where} (never submitted, or finished more than "
+                             f"keep={self.keep:g} s ago)")
+        if not st.done:
+            raise ResultTimeout(f"job {job_id} ({st.name}) is still {st.state} after {timeout} s")
+        if st.state == SUCCEEDED:
+            return st.result
+        first = (st.error or "").split("\n", 1)[0]
+        raise JobFailed(f"job {job_id} ({st.name}) ended {st.state} after {st.attempts} attempt(s)"
+                        + (f": {first}" if first else ""), st)
 
     def cancel(self, job_id: str) -> bool:
         """Cancel a job: a queued one never runs; a running one is killed by
@@ -219,8 +221,7 @@ class Jobs:
         self._check_open()
         prior = self._store.cancel(self._id(job_id), time.time_ns())
         if prior is None:
-            raise UnknownJob(f"no job {job_id} in {self.broker.path}")
-        self._notify.wake()
+            raise UnknownJob(f"no job {job_id} in {self.where}")
         return prior in ("queued", "running")
 
     def list(self, state: Optional[str] = None, name: Optional[str] = None, limit: int = 100) -> list[JobStatus]:
@@ -261,4 +262,3 @@ class Jobs:
             return
         self._closed = True
         self._store.close()
-        self._notify.close()

@@ -11,6 +11,11 @@ bits), so the rowid order is submission order and retention deletes a range
 of ids.  Two submits in one microsecond that draw the same bits collide on
 the primary key and the loser draws again.
 
+Waiting: result() sleeps on a futex word in jobs/notify (Notify), armed
+before it looks at the row; cancel() wakes it, and a worker's wake() once a
+batch of outcomes is written and its messages settled, across processes.  A sleep lasts at most a second, in case a wake-up was
+lost with a killed process.
+
 Bounds: a retention pass deletes at most PURGE_BATCH rows; list() returns at
 most its limit (default 100) rows.
 """
@@ -27,6 +32,7 @@ from typing import Any, Iterable, Optional, Sequence
 
 import msgspec
 
+from pyqueue._native import Notify
 from pyqueue.errors import CorruptionError
 from pyqueue.jobs.definition import JobDefinition
 from pyqueue.jobs.status import (CANCELLED, FINAL_STATES, QUEUED, RUNNING, STATES, JobStatus, format_id)
@@ -70,8 +76,12 @@ class JobStore:
     """One connection to jobs.db; thread-safe (a lock around the connection).
     Use one store per thread that writes often, so they do not queue on the lock."""
 
+    max_result_bytes: Optional[int] = None      # the definition's max_result_bytes is the only bound
+
     def __init__(self, directory: str, *, fsync: str = "interval") -> None:
         os.makedirs(directory, mode=0o700, exist_ok=True)
+        self.directory = directory
+        self.fsync = fsync
         self.path = os.path.join(directory, "jobs.db")
         self._lock = threading.Lock()
         try:
@@ -93,13 +103,20 @@ class JobStore:
         except sqlite3.DatabaseError as e:
             raise CorruptionError(f"{self.path}: not a job store ({e})") from e
         if fmt != STORE_FORMAT:
+            self._db.close()
             raise CorruptionError(f"{self.path}: job store format {fmt!r}, this version reads {STORE_FORMAT}")
+        self._notify = Notify(os.path.join(directory, "notify"))
+
+    def for_worker(self) -> "JobStore":
+        """A connection of its own for a worker's loop."""
+        return JobStore(self.directory, fsync=self.fsync)
 
     def close(self) -> None:
         with self._lock:
             if self._db is not None:
                 self._db.close()
                 self._db = None   # type: ignore[assignment]
+                self._notify.close()
 
     def _tx(self, fn: Any) -> Any:
         """Run fn(db) in one write transaction (BEGIN IMMEDIATE ... COMMIT)."""
@@ -236,6 +253,29 @@ class JobStore:
             rows = self._db.execute("SELECT state, count(*) FROM jobs GROUP BY state").fetchall()
         return {s: n for s, n in rows}
 
+    def wait(self, jid: int, timeout: Optional[float]) -> Optional[JobStatus]:
+        """The job's status once final, or as it is after `timeout` s; None if it has no row."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        notify = self._notify
+        while True:
+            seq = notify.arm()                 # armed before the look: a write between is not missed
+            try:
+                st = self.get(jid)
+            except BaseException:
+                notify.disarm()
+                raise
+            if st is None or st.done:
+                notify.disarm()
+                return st
+            wait = 1.0                         # a bound, in case a wake-up is lost with a killed worker
+            if deadline is not None:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    notify.disarm()
+                    return st
+                wait = min(wait, left)
+            notify.sleep(seq, wait)
+
     # -- changes --
 
     def cancel(self, jid: int, now_ns: int) -> Optional[str]:
@@ -250,7 +290,10 @@ class JobStore:
                            (now_ns, "Cancelled: cancelled by cancel()" + (" while running" if row[0] == RUNNING else ""),
                             jid))
             return row[0]
-        return self._tx(tx)
+        prior = self._tx(tx)
+        if prior is not None:
+            self._notify.wake()
+        return prior
 
     def write(self, running: Iterable[tuple], finals: Iterable[tuple]) -> None:
         """One worker batch in one transaction.  running: (attempts, started_ns,
@@ -263,6 +306,11 @@ class JobStore:
             db.executemany("UPDATE jobs SET state=?, attempts=?, started_ns=?, finished_ns=?, result=?, error=?, "
                            f"exit_code=?, worker=? WHERE id=? AND state IN {_LIVE}", finals)
         self._tx(tx)
+
+    def wake(self) -> None:
+        """Have result() waiters look again (a worker calls it once a batch's
+        messages are settled too)."""
+        self._notify.wake()
 
     def heartbeat(self, ids: Sequence[int], now_ns: int) -> set[int]:
         """Stamp running jobs; returns those of `ids` that were cancelled."""

@@ -10,7 +10,10 @@ running and final states in one transaction, then acks, retries or
 dead-letters the messages; a heartbeat extends leases, stamps rows, kills
 cancelled jobs and purges old rows.  When slots are idle and the queue is
 empty, a waiter thread sleeps on the topic's wake-up word (armed before the
-empty poll, so no append is missed) and wakes the loop through a pipe.
+empty poll, so no append is missed) and wakes the loop through a pipe.  A
+topic without one (the JetStream backend) has the waiter thread make the
+waiting poll itself (a pull request that the server answers as a message
+arrives, renewed every POLL seconds); the loop takes what it got.
 
 Delivery rule: a job's message is acked only after its final state is
 committed, so a worker killed at any point leaves either a final row or a
@@ -22,7 +25,9 @@ whose number the row has already seen is a duplicate and is skipped.
 Retries: a failed attempt (the callable raised, the command exited non-zero,
 the job timed out, ran out of memory, or its process crashed) is retried
 while attempt <= max_retries: the row goes back to queued with the error, and
-the message is sent again after the backoff delay.  With no retry left the
+the message is sent again after the backoff delay (on JetStream, which has
+no delayed send, it is nacked with that delay: the server redelivers it in
+place and counts the delivery).  With no retry left the
 job ends dead (max_retries > 0) or with the attempt's own state (failed,
 timeout, oom) and its message goes to the dead-letter topic <queue>.dlq.
 Bad arguments, an unknown job name and a target that cannot be imported are
@@ -40,7 +45,8 @@ extended) for the first child with room.
 Bounds: at most concurrency * PIPELINE jobs are leased at a time; the pending outcomes
 are flushed FLUSH_DELAY after the first of them (a batch per flush, so a
 no-op job costs a fraction of a transaction); a cancelled running job is
-killed within HEARTBEAT seconds.
+killed within HEARTBEAT seconds (or visibility_timeout / 3, if shorter: the
+heartbeat also extends the leases).
 """
 
 from __future__ import annotations
@@ -63,7 +69,7 @@ from pyqueue.jobs.definition import JobDefinition
 from pyqueue.jobs.pool import BUSY, DEAD, IDLE, STARTING, Slot, child_env
 from pyqueue.jobs.status import DEAD as DEAD_STATE, FAILED, FINAL_STATES, OOM as OOM_STATE
 from pyqueue.jobs.status import QUEUED, SUCCEEDED, TIMEOUT as TIMEOUT_STATE
-from pyqueue.jobs.store import JobStore
+from pyqueue.jobs.store_api import StoreAPI
 
 if TYPE_CHECKING:
     from pyqueue.jobs.api import Jobs
@@ -153,6 +159,14 @@ class Worker:
         self.grace = grace
         self.install_signal_handlers = install_signal_handlers
         self.topic = self.broker.topic(queue)
+        # the topic's wake-up word (embedded engine); None: the waiter thread polls (JetStream)
+        self._notify = getattr(self.topic, "notify", None)
+        # JetStream: a delivery count does not include the x-delivery-count of a message sent again
+        # (the embedded engine adds it), and a retry waits out its backoff as a delayed nack
+        self._jetstream = jobs.jetstream
+        self._beat_period = min(HEARTBEAT, self.visibility_timeout / 3)   # leases are extended at beats
+        self._result_cap = jobs._store.max_result_bytes
+        self._prefetched: list[Any] = []           # messages the waiter's poll got (JetStream)
         self.done = 0                      # outcomes recorded (jobs finished, retried or skipped)
         self._pending: list[Outcome] = []
         self._flush_due: Optional[float] = None
@@ -198,7 +212,7 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped; returns how many job outcomes were recorded."""
-        self._store = JobStore(self.jobs.dir, fsync=self.broker.fsync)
+        self._store: StoreAPI = self.jobs._store.for_worker()
         self.consumer = self.topic.consumer(GROUP, mode="queue", visibility_timeout=self.visibility_timeout,
                                             dead_letter=f"{self.queue}.dlq")
         self._wake_r, self._wake_w = os.pipe()
@@ -221,11 +235,7 @@ class Worker:
             for slot in self._slots:
                 self._spawn(slot, now)
             if self.run_scheduler:
-                scheduler = self.broker.scheduler()
-                if scheduler._thread is not None and scheduler._thread.is_alive():
-                    scheduler = None       # the application runs it already
-                else:
-                    scheduler.start()
+                scheduler = _start_scheduler(self.broker)
             self._beat_store()
             waiter.start()
             self._loop()
@@ -238,6 +248,12 @@ class Worker:
             if self._waiter_seq is not None:       # handed over but never slept on
                 self.topic.notify.disarm()
                 self._waiter_seq = None
+            if self._prefetched:                   # taken by the waiter's last poll: given back below
+                msgs, self._prefetched = self._prefetched, []
+                try:
+                    self._admit(msgs)
+                except Exception:
+                    log.exception("could not give back %d jobs; their leases will expire", len(msgs))
             for slot in self._slots:
                 if slot.runs:                  # left by an error in the loop: stop them, requeue them
                     slot.kill("shutdown")
@@ -259,7 +275,8 @@ class Worker:
             for fd in (self._wake_r, self._wake_w):
                 os.close(fd)
             self._wake_r = self._wake_w = -1
-            self._store.close()
+            if self._store is not self.jobs._store:
+                self._store.close()
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
         return self.done
@@ -269,7 +286,7 @@ class Worker:
         self._sel.register(slot.rfd, selectors.EVENT_READ, slot)
 
     def _loop(self) -> None:
-        next_beat = time.monotonic() + HEARTBEAT
+        next_beat = time.monotonic() + self._beat_period
         while True:
             now = time.monotonic()
             timeout = min(_POLL, next_beat - now)
@@ -314,7 +331,7 @@ class Worker:
                 self._flush_safely()
             if now >= next_beat:
                 self._beat()
-                next_beat = now + HEARTBEAT
+                next_beat = now + self._beat_period
             if self._stopping.is_set():
                 if self._stop_at is None:
                     self._stop_at = now
@@ -409,7 +426,10 @@ class Worker:
     def _lease(self) -> None:
         """Fill the idle slots from the queue; when it is empty, leave the
         waiter thread an armed sequence of the topic's wake-up word."""
-        notify = self.topic.notify
+        notify = self._notify
+        if notify is None:
+            self._lease_polling()
+            return
         for _ in range(4):                     # again when skipped messages left room
             if self._backlog:
                 return
@@ -434,6 +454,34 @@ class Worker:
                 return
             if seq is not None:
                 notify.disarm()
+            self._admit(msgs)
+            self._place_backlog()
+
+    def _lease_polling(self) -> None:
+        """_lease() for a topic without a wake-up word: take what the
+        waiter's poll got, poll without waiting for the rest of the room; when
+        the queue is empty, have the waiter thread make the waiting poll."""
+        with self._waiter_cv:
+            got, self._prefetched = self._prefetched, []
+        if got:
+            self._admit(got)                   # to the backlog, whose leases the heartbeat extends
+            self._place_backlog()
+        for _ in range(4):
+            if self._backlog:
+                return
+            room = sum(self._room(s) for s in self._slots)
+            if not room:
+                return
+            with self._waiter_cv:
+                if self._waiting:
+                    return                     # the waiter is polling (the consumer takes one poll at a time)
+            msgs = self.consumer.poll_batch(room, timeout=0)
+            if not msgs:
+                with self._waiter_cv:
+                    self._waiting = True
+                    self._waiter_seq = 0           # "go": there is no sequence to hand over
+                    self._waiter_cv.notify()
+                return
             self._admit(msgs)
             self._place_backlog()
 
@@ -492,8 +540,9 @@ class Worker:
         self._backlog = keep
 
     def _wait_for_messages(self) -> None:
-        """The waiter thread: sleep on the sequence the loop armed, then wake the loop."""
-        notify = self.topic.notify
+        """The waiter thread: sleep on the sequence the loop armed (or, with
+        no wake-up word, make a waiting poll), then wake the loop."""
+        notify = self._notify
         while True:
             with self._waiter_cv:
                 while self._waiter_seq is None and not self._stopping.is_set():
@@ -502,8 +551,19 @@ class Worker:
                     return
                 seq, self._waiter_seq = self._waiter_seq, None
             assert seq is not None
-            notify.sleep(seq, _POLL)           # disarms; returns at once if the word moved since the arm
+            msgs: list[Any] = []
+            if notify is not None:
+                notify.sleep(seq, _POLL)       # disarms; returns at once if the word moved since the arm
+            else:
+                try:
+                    msgs = self.consumer.poll_batch(1, timeout=_POLL)
+                except Closed:
+                    self._stopping.set()
+                except Exception:
+                    log.exception("could not poll queue %r; trying again", self.queue)
+                    self._stopping.wait(_POLL)
             with self._waiter_cv:
+                self._prefetched.extend(msgs)
                 self._waiting = False
             self._wake()
 
@@ -545,6 +605,10 @@ class Worker:
         rows = store.states([jid for _, _, jid in items])
         for m, name, jid in items:
             n = m.delivery_count
+            if self._jetstream:
+                prior = m.headers.get("x-delivery-count")      # deliveries before it was sent again
+                if prior is not None and prior.isdigit():
+                    n += int(prior)
             d = self._definition(name)
             row = rows.get(jid)
             if row is None:
@@ -554,7 +618,7 @@ class Worker:
                 self._add(Outcome(jid, m, d, n, SKIP))     # done, cancelled, or a duplicate delivery
             elif d is None:
                 self._add(Outcome(jid, m, None, n, P.INVALID,
-                                  f"UnknownJob: no definition of job {name!r} in {self.broker.path}".encode()))
+                                  f"UnknownJob: no definition of job {name!r} in {self.jobs.where}".encode()))
             elif n > d.max_retries + 1:
                 self._add(Outcome(jid, m, d, n, LOST, (
                     f"WorkerLost: attempt {n - 1} ended with its worker (its lease came back without an outcome); "
@@ -572,8 +636,8 @@ class Worker:
                 kind, target = P.COMMAND, msgspec.json.encode(list(d.command))
             else:
                 kind, target = P.CALLABLE, d.target.encode()     # type: ignore[union-attr]
-            frames.append(P.encode_job(run.jid, run.attempt, d.memory_limit or 0, d.max_result_bytes, kind,
-                                       target, run.msg.value))
+            cap = d.max_result_bytes if self._result_cap is None else min(d.max_result_bytes, self._result_cap)
+            frames.append(P.encode_job(run.jid, run.attempt, d.memory_limit or 0, cap, kind, target, run.msg.value))
         try:
             slot.send(b"".join(frames))
         except OSError:
@@ -624,7 +688,7 @@ class Worker:
                 log.exception("job %016x: could not settle its message", o.jid)
         self.done += len(outs)
         if finals:
-            self.jobs._notify.wake()
+            self._store.wake()
 
     def _settle(self, o: Outcome, pid: int) -> tuple[Optional[tuple], Any]:
         """The row to write for an outcome, and what to do with its message."""
@@ -642,7 +706,11 @@ class Worker:
         return (state, n, o.started_ns, o.finished_ns, None, error, o.exit_code, pid, o.jid), self._dead_letter
 
     def _retry(self, o: Outcome) -> None:
-        self._resend(o, o.attempt, o.defn.backoff.delay(o.attempt))    # type: ignore[union-attr]
+        delay = o.defn.backoff.delay(o.attempt)    # type: ignore[union-attr]
+        if self._jetstream:
+            o.msg.nack(delay)      # redelivered in place after the delay, its delivery counted
+        else:
+            self._resend(o, o.attempt, delay)
 
     def _release(self, o: Outcome) -> None:
         self._resend(o, o.attempt - 1, None)
@@ -654,7 +722,11 @@ class Worker:
         headers.pop("x-delivery-count", None)
         if count > 0:
             headers["x-delivery-count"] = str(count).encode()
-        self.topic.send(m.value, key=m.key, headers=headers, delay=delay or None)
+        if self._jetstream:        # no delay here; the dedup id makes the send safe to retry
+            self.topic.send(m.value, key=m.key, headers=headers,
+                            dedup_id=f"pq-job-again:{m.topic}:{m.partition}:{m.offset}:{m.delivery_count}")
+        else:
+            self.topic.send(m.value, key=m.key, headers=headers, delay=delay or None)
         m.ack()
 
     def _dead_letter(self, o: Outcome) -> None:
@@ -701,6 +773,21 @@ class Worker:
 
 def _ack(o: Outcome) -> None:
     o.msg.ack()
+
+
+def _start_scheduler(broker: Any) -> Any:
+    """Start the broker's scheduler in this worker; None if the application
+    runs it already, or the backend has none (Unsupported)."""
+    try:
+        scheduler = broker.scheduler()
+    except NotImplementedError as e:      # pyqueue.jetstream.Unsupported
+        log.info("the worker runs no scheduler: %s", e)
+        return None
+    thread = getattr(scheduler, "_thread", None)
+    if thread is not None and thread.is_alive():
+        return None                # the application runs it already
+    scheduler.start()
+    return scheduler
 
 
 def _signame(sig: int) -> str:

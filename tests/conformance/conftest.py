@@ -36,7 +36,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
         "ordered": "ordered=True needs a per-key ordered work queue, which JetStream lacks",
         "max_depth": "max_depth backpressure counts a group's unread messages; JetStream limits stream size only",
         "read_batch": "read_batch is zero-copy over mapped segment files, which only the embedded engine has",
-        "jobs": "job states and definitions are not ported to KV yet",
         "offset_window": "max_in_flight is a count of unacked messages (MaxAckPending), not a window of offsets",
         "instant_lease_return": "a dead member's leases come back after AckWait: pull consumers have no liveness",
         "cross_process_lease_lost": "an ack of a delivery redelivered to another process is accepted (the work "
@@ -124,7 +123,8 @@ async def _drop(b: Any) -> None:
                 await b.client.api(f"STREAM.DELETE.{name}")
             except Exception:
                 pass
-    for bucket in (b.names.topics_bucket, b.names.groups_bucket, b.names.schedules_bucket):
+    for bucket in (b.names.topics_bucket, b.names.groups_bucket, b.names.schedules_bucket,
+                   b.names.jobs_bucket):
         try:
             await b.client.api(f"STREAM.PURGE.KV_{bucket}", {"filter": f"$KV.{bucket}.{b.names.ns}.>"})
         except Exception:
