@@ -76,16 +76,17 @@ def test_waiting_delayed_messages_hold_in_flight_slots(broker):
     partition's max_in_flight window, so a full window of them holds back
     the messages behind until they are due."""
     t = broker.topic("t")
+    c = t.consumer("w", mode="queue", max_in_flight=4)
     sent_at = time.time()
     for i in range(4):
-        t.send(b"late%d" % i, delay=1.0)
+        t.send(b"late%d" % i, delay=2.0)
     t.send(b"now")
-    c = t.consumer("w", mode="queue", max_in_flight=4)
     assert c.poll(timeout=0.3) is None
+    assert time.time() < sent_at + 2.0          # else the machine was too slow to tell
     got = []
     while len(got) < 5:
         m = c.poll(timeout=10)
-        assert m is not None and time.time() >= sent_at + 1.0
+        assert m is not None and time.time() >= sent_at + 2.0
         got.append(m.value)
         m.ack()
     assert sorted(got) == [b"late0", b"late1", b"late2", b"late3", b"now"]
