@@ -432,22 +432,14 @@ class JetStreamTopic:
         self._broker._run(delete_group(self._broker, self, name))
 
     def stats(self) -> dict[str, Any]:
-        """Per partition: offsets, messages, bytes; per group: mode and lag."""
+        """The embedded engine's keys (see stats.py for how each is read
+        from the server, and which are None here): per partition start, end,
+        messages, bytes, depth; per group mode, members, lag, in flight, dead
+        letters, oldest unacked age, and the same per partition; the topic's
+        depth, config and replicas."""
+        from pyqueue.jetstream.stats import topic_stats
         self._check_open()
-        return self._broker._run(self._stats())
-
-    async def _stats(self) -> dict[str, Any]:
-        from pyqueue.jetstream.group_state import group_stats
-        parts = {}
-        states = await asyncio.gather(*(self._state(p) for p in range(self.partitions)))
-        for p, st in enumerate(states):
-            first, last = int(st.get("first_seq", 0)), int(st.get("last_seq", 0))
-            start = max(first, 1) - 1 if first else last
-            parts[p] = {"start": start, "end": last, "messages": int(st.get("messages", 0)),
-                        "bytes": int(st.get("bytes", 0))}
-        groups = await group_stats(self._broker, self)
-        return {"partitions": parts, "groups": groups, "config": self.config.__dict__.copy(),
-                "replicas": self.replicas}
+        return self._broker._run(topic_stats(self))
 
     def close(self) -> None:
         self._closed = True
