@@ -6,18 +6,24 @@ from __future__ import annotations
 import datetime
 import json
 import logging
-from typing import Optional
+from typing import Any, Optional
 
 import click
 
 import pyqueue
+from pyqueue.commands.common import is_url, resolve_namespace
 from pyqueue.jobs.status import STATES
 
 __all__ = ["register"]
 
 
-def _open(path: str) -> pyqueue.Broker:
+def _open(path: str) -> Any:        # pyqueue.Broker or JetStreamBroker: their jobs() differ in options
+    """The broker directory, or the cluster of a nats:// URL (in the group's
+    --namespace or $PYQUEUE_NAMESPACE): there jobs() raises Unsupported until
+    the backend has them, which the command line reports in one line."""
     try:
+        if is_url(path):
+            return pyqueue.connect(path.strip(), namespace=resolve_namespace())
         return pyqueue.open(path, create=False)
     except pyqueue.PyQueueError as e:
         raise click.ClickException(str(e)) from e

@@ -14,7 +14,8 @@ newer with JetStream.  The modules, one concept each:
     queue_consumer.py  queue mode: a shared durable pull consumer per partition
     stream_consumer.py stream mode: partition ownership in KV, one consumer per owner
     ownership.py       stream mode's membership, generations and commits (KV CAS)
-    group_state.py     a group's stored mode and settings; stats; deletion
+    group_state.py     a group's stored mode and settings; deletion
+    stats.py           Topic.stats(): the embedded engine's keys, from the server
     pull.py            pull requests and the buffer of delivered messages
     client.py          the connection, API requests, timeouts and retries
     bridge.py          the sync API over asyncio: one loop thread per broker

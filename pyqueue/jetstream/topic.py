@@ -372,20 +372,32 @@ class JetStreamTopic:
         self._check_partition(partition)
         _check_offset(offset)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._broker._run(self._wait(partition, offset, deadline))
+        return self._broker._run(self._wait({partition: offset}, deadline))
 
-    async def _wait(self, partition: int, offset: int, deadline: Optional[float]) -> bool:
+    def wait_any(self, positions: dict[int, int], timeout: Optional[float] = None) -> bool:
+        """Block until, for some partition p in `positions`, record
+        positions[p] exists; False on timeout.  One wait over several
+        partitions (a follower of the whole topic)."""
+        self._check_open()
+        for p, offset in positions.items():
+            self._check_partition(p)
+            _check_offset(offset)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._broker._run(self._wait(dict(positions), deadline))
+
+    async def _wait(self, positions: dict[int, int], deadline: Optional[float]) -> bool:
         nc = self._client().nc
         arrived = asyncio.Event()
 
         async def on_msg(_msg: Any) -> None:
             arrived.set()
 
-        sub = await nc.subscribe(self._subjects[partition], cb=on_msg)
+        subs = [await nc.subscribe(self._subjects[p], cb=on_msg) for p in positions]
         try:
             while True:
                 arrived.clear()
-                if (await self._offsets(partition))[1] > offset:
+                ends = await asyncio.gather(*(self._offsets(p) for p in positions))
+                if any(end > offset for (_start, end), offset in zip(ends, positions.values())):
                     return True
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -397,7 +409,8 @@ class JetStreamTopic:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            await sub.unsubscribe()
+            for sub in subs:
+                await sub.unsubscribe()
 
     # -- groups --
 
