@@ -13,7 +13,9 @@ Per group and partition:
 
     committed           queue mode: the durable consumer's ack floor (its
                         stream sequence, which is the offset of the first
-                        message not acked); stream mode: the offset in KV
+                        message not acked; see _first_unacked for a consumer
+                        whose first delivery is not acked yet); stream mode:
+                        the offset in KV
     lag                 queue mode: num_pending + num_ack_pending (messages
                         not acked: never delivered, or delivered and not
                         acked); a message acked above the ack floor is not
@@ -123,14 +125,37 @@ async def _queue_partition(topic: "JetStreamTopic", group: str, p: int, part: di
     if info is None:
         committed, lag, in_flight = start, end - start, 0
     else:
-        floor = int((info.get("ack_floor") or {}).get("stream_seq", 0))
-        committed = min(end, max(start, floor))
         in_flight = int(info.get("num_ack_pending", 0))
         lag = int(info.get("num_pending", 0)) + in_flight
+        committed = min(end, max(start, _first_unacked(info, start, in_flight)))
     oldest = await _timestamp(topic, p, committed) if lag and committed < end else None
     return {"committed": committed, "lag": lag, "in_flight": in_flight, "delayed": None,
             "dead_letters": await _dead_letters(broker, topic.name, group, p),
             "oldest_unacked_age": None, "_oldest_ns": oldest, "damaged": None}
+
+
+def _first_unacked(info: dict[str, Any], start: int, in_flight: int) -> int:
+    """The offset of a queue group's first unacked message, from its durable
+    consumer's info: the ack floor's stream sequence once its first delivery
+    is acked.  Before that the server reports a floor of 0, so: with nothing
+    in flight, everything delivered is done (the delivered sequence); else
+    the consumer's start (deliver_policy "all": the retained start;
+    "by_start_sequence": that sequence - 1); for "new", the delivered
+    sequence less what is in flight (exact unless a later delivery was acked
+    before the first)."""
+    delivered = int((info.get("delivered") or {}).get("stream_seq", 0))
+    if in_flight == 0:
+        return delivered
+    floor = info.get("ack_floor") or {}
+    if int(floor.get("consumer_seq", 0)) > 0:
+        return int(floor.get("stream_seq", 0))
+    config = info.get("config") or {}
+    policy = config.get("deliver_policy")
+    if policy == "by_start_sequence":
+        return int(config.get("opt_start_seq", 1)) - 1
+    if policy == "all":
+        return start
+    return delivered - in_flight
 
 
 async def _stream_partition(topic: "JetStreamTopic", group: str, p: int, part: dict[str, Any]) -> dict[str, Any]:
