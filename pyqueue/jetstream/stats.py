@@ -103,11 +103,10 @@ async def _group(topic: "JetStreamTopic", group: str, mode: str, parts: dict[int
     one = _queue_partition if mode == "queue" else _stream_partition
     per = dict(zip(parts, await asyncio.gather(*(one(topic, group, p, parts[p]) for p in parts))))
     members = await _stream_members(broker, topic.name, group) if mode == "stream" else None
-    dead = [v["dead_letters"] for v in per.values()]
     return {"mode": mode, "members": members,
             "lag": sum(v["lag"] for v in per.values()),
             "in_flight": sum(v["in_flight"] for v in per.values()),
-            "dead_letters": sum(dead),
+            "dead_letters": sum(v["dead_letters"] for v in per.values()),
             "oldest_unacked_age": None, "partitions": per}
 
 
