@@ -9,15 +9,19 @@ from typing import Optional
 import click
 
 import pyqueue
-from pyqueue.commands.common import PATH_ENV, PyQueueGroup
+from pyqueue.commands.common import DEFAULT_NAMESPACE, NAMESPACE_ENV, PATH_ENV, PyQueueGroup
 
 
 @click.group(cls=PyQueueGroup)
 @click.version_option(pyqueue.__version__, prog_name="pyqueue")
 @click.option("--path", type=click.Path(file_okay=False, path_type=str), default=None,
-              help=f"Broker directory for the command that follows (or ${PATH_ENV}).")
-def main(path: Optional[str]) -> None:
-    """pyqueue: an embedded, durable, multi-process message queue. A broker is a directory."""
+              help=f"Broker directory, or nats://host:port,... URL of a JetStream cluster, for the "
+                   f"command that follows (or ${PATH_ENV}).")
+@click.option("--namespace", default=None,
+              help=f"Namespace on a nats:// broker (or ${NAMESPACE_ENV}; default {DEFAULT_NAMESPACE}).")
+def main(path: Optional[str], namespace: Optional[str]) -> None:
+    """pyqueue: an embedded, durable, multi-process message queue. A broker is
+    a directory, or a NATS JetStream cluster given as --path nats://host:port,..."""
 
 
 @main.command()

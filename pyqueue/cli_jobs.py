@@ -12,29 +12,39 @@ from typing import Any, Callable, Optional
 import click
 
 import pyqueue
+from pyqueue.commands.common import is_url, resolve_namespace, resolve_path
 from pyqueue.jobs.status import STATES
 
 __all__ = ["register"]
 
 
 def _where(f: Callable[..., Any]) -> Callable[..., Any]:
-    """The options that name the broker: --path, or --url and --namespace."""
-    f = click.option("--namespace", default="pq", show_default=True,
-                     help="With --url: the namespace of the topics and jobs.")(f)
+    """The options that name the broker: --path (a directory, or a nats://
+    URL), or --url, and --namespace."""
+    f = click.option("--namespace", default=None,
+                     help="On a cluster: the namespace of the topics and jobs (default: the group's "
+                          "--namespace, $PYQUEUE_NAMESPACE or pq).")(f)
     f = click.option("--url", default=None,
                      help="A JetStream cluster instead: nats://host:port[,nats://host:port...].")(f)
-    return click.option("--path", default=None, type=click.Path(file_okay=False), help="Broker directory.")(f)
+    return click.option("--path", default=None, type=click.Path(file_okay=False, path_type=str),
+                        help="Broker directory or nats:// URL (or the group's --path, or $PYQUEUE_PATH).")(f)
 
 
-def _open(path: Optional[str], url: Optional[str], namespace: str) -> Any:
+def _open(path: Optional[str], url: Optional[str], namespace: Optional[str]) -> Any:
+    """pyqueue.Broker or JetStreamBroker (their jobs() differ in options)."""
+    if path is not None and url is not None:
+        raise click.UsageError("give the broker as --path DIRECTORY or as --url nats://..., not both")
+    if url is None:
+        path = resolve_path(path)
+        if is_url(path):
+            url = path
     try:
-        if path is not None and url is None:
-            return pyqueue.open(path, create=False)
-        if url is not None and path is None:
-            return pyqueue.connect(url, namespace=namespace)
+        if url is not None:
+            return pyqueue.connect(url.strip(), namespace=namespace or resolve_namespace())
+        assert path is not None
+        return pyqueue.open(path, create=False)
     except pyqueue.PyQueueError as e:
         raise click.ClickException(str(e)) from e
-    raise click.UsageError("give the broker as --path DIRECTORY or as --url nats://...")
 
 
 def _when(t: Optional[float]) -> str:
@@ -52,7 +62,7 @@ def _when(t: Optional[float]) -> str:
               help="Seconds a stop (SIGTERM) waits for running jobs before returning them to the queue.")
 @click.option("--keep", type=float, default=None, help="Seconds finished jobs are kept (default one day).")
 @click.option("--no-scheduler", is_flag=True, help="Do not run the broker's scheduler in this worker.")
-def worker(path: Optional[str], url: Optional[str], namespace: str, concurrency: int, queue: str, grace: float,
+def worker(path: Optional[str], url: Optional[str], namespace: Optional[str], concurrency: int, queue: str, grace: float,
            keep: Optional[float], no_scheduler: bool) -> None:
     """Run jobs from a queue in a pool of child processes until SIGTERM or SIGINT."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
@@ -75,7 +85,7 @@ def jobs_group() -> None:
 @click.option("--state", type=click.Choice(STATES), default=None)
 @click.option("--name", default=None, help="Only jobs of this definition.")
 @click.option("--limit", type=click.IntRange(1, 1_000_000), default=100, show_default=True)
-def list_jobs(path: Optional[str], url: Optional[str], namespace: str, state: Optional[str], name: Optional[str],
+def list_jobs(path: Optional[str], url: Optional[str], namespace: Optional[str], state: Optional[str], name: Optional[str],
               limit: int) -> None:
     """Jobs, newest first: id, name, state, attempts, queued, started, finished."""
     with _open(path, url, namespace) as b:
@@ -87,7 +97,7 @@ def list_jobs(path: Optional[str], url: Optional[str], namespace: str, state: Op
 @jobs_group.command("status")
 @_where
 @click.argument("job_id")
-def status(path: Optional[str], url: Optional[str], namespace: str, job_id: str) -> None:
+def status(path: Optional[str], url: Optional[str], namespace: Optional[str], job_id: str) -> None:
     """One job's status as JSON."""
     with _open(path, url, namespace) as b:
         try:
@@ -100,7 +110,7 @@ def status(path: Optional[str], url: Optional[str], namespace: str, job_id: str)
 @jobs_group.command("cancel")
 @_where
 @click.argument("job_ids", nargs=-1, required=True)
-def cancel(path: Optional[str], url: Optional[str], namespace: str, job_ids: tuple[str, ...]) -> None:
+def cancel(path: Optional[str], url: Optional[str], namespace: Optional[str], job_ids: tuple[str, ...]) -> None:
     """Cancel jobs (queued ones never run; running ones are killed)."""
     with _open(path, url, namespace) as b:
         for jid in job_ids:

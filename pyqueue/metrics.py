@@ -10,6 +10,11 @@ one collector in any process reports the whole broker, and nothing is
 counted on the hot path.  A topic that cannot be read (damaged, deleted
 meanwhile) gets pyqueue_topic_up 0 and no other series; the scrape goes on.
 
+The broker may be a JetStream one (pyqueue.connect): the names and labels
+are the same; a figure its stats() reports as None (segments; delayed
+messages and queue-mode members, which the server does not tell) has no
+series there.
+
 Metrics (labels in braces):
 
     pyqueue_topic_up{topic}                               1 if the topic's stats could be read
@@ -84,6 +89,11 @@ class PyQueueCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         fam = _families()
+
+        def add(metric: str, labels: list[str], value: Optional[float]) -> None:
+            if value is not None:                   # None: the backend cannot tell
+                fam[metric].add_metric(labels, value)
+
         for name in (self.topics if self.topics is not None else self.broker.topics()):
             try:
                 st = self.broker.topic(name, create=False).stats()
@@ -92,26 +102,26 @@ class PyQueueCollector(Collector):
                 continue
             fam["pyqueue_topic_up"].add_metric([name], 1)
             fam["pyqueue_topic_partitions"].add_metric([name], len(st["partitions"]))
-            fam["pyqueue_topic_depth"].add_metric([name], st["depth"])
+            add("pyqueue_topic_depth", [name], st["depth"])
             if st["config"].get("max_depth"):
                 fam["pyqueue_topic_max_depth"].add_metric([name], st["config"]["max_depth"])
             for p, v in st["partitions"].items():
                 labels = [name, str(p)]
-                fam["pyqueue_topic_start_offset"].add_metric(labels, v["start"])
-                fam["pyqueue_topic_end_offset"].add_metric(labels, v["end"])
-                fam["pyqueue_partition_messages"].add_metric(labels, v["messages"])
-                fam["pyqueue_partition_bytes"].add_metric(labels, v["bytes"])
-                fam["pyqueue_partition_segments"].add_metric(labels, v["segments"])
+                add("pyqueue_topic_start_offset", labels, v["start"])
+                add("pyqueue_topic_end_offset", labels, v["end"])
+                add("pyqueue_partition_messages", labels, v["messages"])
+                add("pyqueue_partition_bytes", labels, v["bytes"])
+                add("pyqueue_partition_segments", labels, v["segments"])
             for group, g in st["groups"].items():
-                fam["pyqueue_group_members"].add_metric([name, group, g["mode"]], g["members"])
+                add("pyqueue_group_members", [name, group, g["mode"]], g["members"])
                 for p, v in g["partitions"].items():
                     labels = [name, group, str(p)]
-                    fam["pyqueue_group_committed_offset"].add_metric(labels, v["committed"])
-                    fam["pyqueue_group_lag"].add_metric(labels, v["lag"])
-                    fam["pyqueue_group_in_flight"].add_metric(labels, v["in_flight"])
-                    fam["pyqueue_group_delayed"].add_metric(labels, v["delayed"])
-                    fam["pyqueue_group_oldest_unacked_age_seconds"].add_metric(labels, v["oldest_unacked_age"] or 0.0)
-                    fam["pyqueue_group_dead_letters_total"].add_metric(labels, v["dead_letters"])
+                    add("pyqueue_group_committed_offset", labels, v["committed"])
+                    add("pyqueue_group_lag", labels, v["lag"])
+                    add("pyqueue_group_in_flight", labels, v["in_flight"])
+                    add("pyqueue_group_delayed", labels, v["delayed"])
+                    add("pyqueue_group_oldest_unacked_age_seconds", labels, v["oldest_unacked_age"] or 0.0)
+                    add("pyqueue_group_dead_letters_total", labels, v["dead_letters"])
         yield from fam.values()
 
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 import click
 
 import pyqueue
-from pyqueue.commands.common import ByteSize, console, human_bytes
+from pyqueue.commands.common import ByteSize, console, embedded_only, human_bytes
 
 BATCH = 1000
 TAKE = 100
@@ -140,6 +140,8 @@ CASES = [
 def bench(seconds: float, size: int, messages: int, where: Optional[str]) -> None:
     """Run pyqueue and SQLite side by side for a few seconds and print
     messages per second with the ratio pyqueue / SQLite."""
+    # Only the group's --path is looked at: $PYQUEUE_PATH plays no part in a bench.
+    embedded_only("bench", "it measures pyqueue against sqlite3 on this machine's disk", from_env=False)
     if not 1 <= size <= 1 << 20:
         raise click.BadParameter("must be 1 B .. 1 MiB", param_hint="--size")
     value = os.urandom(size)

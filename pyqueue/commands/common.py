@@ -1,6 +1,12 @@
 """What every command shares: finding and opening the broker, turning
 library errors into one-line messages, the console, and value formats.
 
+A broker is a directory, or a JetStream cluster: `--path` (or
+$PYQUEUE_PATH) holding a URL "nats://host:port,..." (or tls://) opens
+pyqueue.connect(url, namespace=...), the namespace from `--namespace` (or
+$PYQUEUE_NAMESPACE, default "pq").  Commands that exist only for the
+embedded engine (verify, bench) refuse a URL with one line (embedded_only).
+
 Exit codes: 0 success, 1 an error the command reports (no broker, unknown
 topic, corruption found by verify...), 2 bad usage (click's own).
 """
@@ -15,15 +21,28 @@ import signal
 import sys
 import threading
 from datetime import datetime, timezone
-from typing import IO, Any, Callable, Optional, TypeVar
+from typing import IO, TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union
 
 import click
 
 import pyqueue
 from pyqueue.errors import PyQueueError, UnknownTopic
 
+if TYPE_CHECKING:
+    from pyqueue.jetstream.broker import JetStreamBroker
+    from pyqueue.jetstream.message import JsMessage
+    from pyqueue.jetstream.topic import JetStreamTopic
+
 PATH_ENV = "PYQUEUE_PATH"
+NAMESPACE_ENV = "PYQUEUE_NAMESPACE"
+DEFAULT_NAMESPACE = "pq"
+URL_SCHEMES = ("nats://", "tls://")
 F = TypeVar("F", bound=Callable[..., Any])
+
+# What a command works on: a broker directory or a JetStream cluster.
+AnyBroker = Union[pyqueue.Broker, "JetStreamBroker"]
+AnyTopic = Union[pyqueue.Topic, "JetStreamTopic"]
+AnyMessage = Union[pyqueue.Message, "JsMessage"]
 
 
 class PyQueueGroup(click.Group):
@@ -55,9 +74,23 @@ def silence_stdout() -> None:
 
 
 def path_option(f: F) -> F:
-    """--path DIR on a command; falls back on the group's --path, then $PYQUEUE_PATH."""
+    """--path DIR|URL and --namespace NS on a command; each falls back on the
+    group's option, then on its environment variable."""
+    f = click.option("--namespace", default=None, expose_value=False, callback=_keep_namespace,
+                     help=f"Namespace on a nats:// broker (or the group's --namespace, or "
+                          f"${NAMESPACE_ENV}; default {DEFAULT_NAMESPACE}).")(f)
     return click.option("--path", "path", type=click.Path(file_okay=False, path_type=str), default=None,
-                        help=f"Broker directory (or the group's --path, or ${PATH_ENV}).")(f)
+                        help=f"Broker directory or nats://host:port,... URL (or the group's --path, "
+                             f"or ${PATH_ENV}).")(f)
+
+
+def _keep_namespace(ctx: click.Context, _param: click.Parameter, value: Optional[str]) -> None:
+    if value is not None:
+        ctx.meta["pyqueue.namespace"] = value
+
+
+def is_url(path: Optional[str]) -> bool:
+    return path is not None and path.strip().lower().startswith(URL_SCHEMES)
 
 
 def resolve_path(path: Optional[str]) -> str:
@@ -72,10 +105,22 @@ def resolve_path(path: Optional[str]) -> str:
     return path
 
 
-def open_broker(path: Optional[str], *, create: bool = False) -> pyqueue.Broker:
-    """The broker at `path`.  Only `create` makes a missing directory; an
-    existing directory that is not a broker is refused, never written to."""
+def resolve_namespace() -> str:
+    """The command's --namespace, else the group's, else $PYQUEUE_NAMESPACE, else "pq"."""
+    ctx = click.get_current_context(silent=True)
+    ns = ctx.meta.get("pyqueue.namespace") if ctx is not None else None   # meta is shared by the chain
+    if ns is None and ctx is not None:
+        ns = ctx.find_root().params.get("namespace")
+    return ns or os.environ.get(NAMESPACE_ENV) or DEFAULT_NAMESPACE
+
+
+def open_broker(path: Optional[str], *, create: bool = False) -> AnyBroker:
+    """The broker at `path`: a directory, or a cluster when `path` is a
+    nats:// URL.  Only `create` makes a missing directory; an existing
+    directory that is not a broker is refused, never written to."""
     path = resolve_path(path)
+    if is_url(path):
+        return pyqueue.connect(path.strip(), namespace=resolve_namespace())
     if not os.path.exists(path):
         if not create:
             raise click.ClickException(f"no broker at {path} (create one with: pyqueue create --path {path} TOPIC)")
@@ -86,7 +131,27 @@ def open_broker(path: Optional[str], *, create: bool = False) -> pyqueue.Broker:
     return pyqueue.open(path, create=create)
 
 
-def get_topic(broker: pyqueue.Broker, name: str) -> pyqueue.Topic:
+def embedded_only(command: str, why: str, path: Optional[str] = None, *, from_env: bool = True) -> None:
+    """Refuse, in one line (exit 1), to run an embedded-only command on a URL
+    (given by `path`, else the group's --path, else $PYQUEUE_PATH if from_env)."""
+    if path is None:
+        ctx = click.get_current_context(silent=True)
+        path = ctx.find_root().params.get("path") if ctx is not None else None
+    if path is None and from_env:
+        path = os.environ.get(PATH_ENV) or None
+    if path is not None and is_url(path):
+        raise click.ClickException(f"{command} is for the embedded engine only ({why}); "
+                                   f"{path.strip()} is a JetStream cluster")
+
+
+def where(broker: AnyBroker) -> str:
+    """How a broker is named in messages: its directory, or its URL and namespace."""
+    if isinstance(broker, pyqueue.Broker):
+        return broker.path
+    return f"{broker.url} (namespace {broker.names.ns})"
+
+
+def get_topic(broker: AnyBroker, name: str) -> AnyTopic:
     """An existing topic; a missing one is an error that lists the others."""
     try:
         return broker.topic(name, create=False)
@@ -94,10 +159,10 @@ def get_topic(broker: pyqueue.Broker, name: str) -> pyqueue.Topic:
         names = broker.topics()
         hint = (f"; its topics are: {', '.join(names)}" if names
                 else "; it has no topics (create one with: pyqueue create)")
-        raise click.ClickException(f"no topic {name!r} in {broker.path}{hint}") from None
+        raise click.ClickException(f"no topic {name!r} in {where(broker)}{hint}") from None
 
 
-def topics_of(broker: pyqueue.Broker, names: "tuple[str, ...] | list[str]") -> list[pyqueue.Topic]:
+def topics_of(broker: AnyBroker, names: "tuple[str, ...] | list[str]") -> list[AnyTopic]:
     """The named topics (all of them if none is named)."""
     return [get_topic(broker, n) for n in (names or broker.topics())]
 
@@ -117,6 +182,11 @@ def console(*, stderr: bool = False) -> "Any":
 
 def print_json(obj: Any) -> None:
     click.echo(json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def count(n: Optional[int]) -> str:
+    """An integer with thousands separators; "-" for None (a figure the backend cannot tell)."""
+    return "-" if n is None else f"{n:,}"
 
 
 def human_bytes(n: int) -> str:
@@ -168,7 +238,7 @@ def shown(data: Optional[bytes], limit: int = 200) -> str:
 MESSAGE_FORMATS = ("value", "detail", "json")
 
 
-def format_message(m: pyqueue.Message, fmt: str) -> bytes:
+def format_message(m: AnyMessage, fmt: str) -> bytes:
     """One message as one output line (with its newline)."""
     if fmt == "value":
         return bytes(m.value) + b"\n"

@@ -5,7 +5,8 @@ Both stop cleanly on SIGINT/SIGTERM: the signal sets an event that the loop
 checks between its waits, which are bounded (a quarter of a second), so the
 consumer is closed (acked positions committed) and the exit code is 0.  A
 follower sleeps on the topic's shared wake-up word, which every append from
-any process bumps; it does not re-read the log on a timer.
+any process bumps; it does not re-read the log on a timer.  On a JetStream
+broker it waits on the partitions' subjects instead (JetStreamTopic.wait_any).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Optional
 import click
 
 import pyqueue
-from pyqueue.commands.common import (MESSAGE_FORMATS, Output, StopOnSignal, format_message, get_topic,
+from pyqueue.commands.common import (MESSAGE_FORMATS, AnyTopic, Output, StopOnSignal, format_message, get_topic,
                                      open_broker, path_option)
 from pyqueue.errors import OffsetOutOfRange
 
@@ -120,6 +121,16 @@ def tail(path: Optional[str], topic: str, partitions: tuple[int, ...], offset: O
                 pos[p] = _print_from(t, p, pos[p], ends[p] - pos[p], fmt, out)
         if not follow:
             return
+        if not isinstance(t, pyqueue.Topic):          # JetStream: a wait on the partitions' subjects
+            while not stop.is_set() and not out.closed:
+                moved = False
+                for p in parts:
+                    before = pos[p]
+                    pos[p] = _print_from(t, p, pos[p], _CHUNK, fmt, out)
+                    moved = moved or pos[p] != before
+                if not moved:
+                    t.wait_any(pos, _WAIT)
+            return
         notify = t.notify
         while not stop.is_set() and not out.closed:
             # Arm, then look: an append after the look wakes the sleep below.
@@ -139,7 +150,7 @@ def tail(path: Optional[str], topic: str, partitions: tuple[int, ...], offset: O
                 notify.sleep(seq, _WAIT)
 
 
-def _print_from(t: pyqueue.Topic, p: int, offset: int, n: int, fmt: str, out: Output) -> int:
+def _print_from(t: AnyTopic, p: int, offset: int, n: int, fmt: str, out: Output) -> int:
     """Print up to n messages of partition p from `offset`; the next offset."""
     try:
         msgs = t.read(p, offset, min(n, _CHUNK))

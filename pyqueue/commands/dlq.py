@@ -10,15 +10,14 @@ from typing import Any, Optional
 
 import click
 
-import pyqueue
-from pyqueue.commands.common import (console, get_topic, human_age, iso_time, open_broker, path_option,
-                                     print_json, shown, text_or_b64)
+from pyqueue.commands.common import (AnyMessage, AnyTopic, console, get_topic, human_age, iso_time, open_broker,
+                                     path_option, print_json, shown, text_or_b64)
 
 REDRIVE_GROUP = "redrive"       # the group Topic.redrive keeps its position in
 _CHUNK = 1000
 
 
-def pending_from(t: pyqueue.Topic) -> dict[int, int]:
+def pending_from(t: AnyTopic) -> dict[int, int]:
     """Per partition, the first dead letter not redriven yet."""
     group = t.stats()["groups"].get(REDRIVE_GROUP)
     return {p: (group["partitions"][p]["committed"] if group else t.offsets(p)[0]) for p in range(t.partitions)}
@@ -42,7 +41,7 @@ def list_(path: Optional[str], topic: str, show_all: bool, limit: int, as_json: 
     with open_broker(path) as b:
         t = get_topic(b, topic)
         starts = {p: t.offsets(p)[0] for p in range(t.partitions)} if show_all else pending_from(t)
-        letters: list[pyqueue.Message] = []
+        letters: list[AnyMessage] = []
         total = 0
         for p, start in starts.items():
             end = t.offsets(p)[1]
@@ -76,7 +75,7 @@ def list_(path: Optional[str], topic: str, show_all: bool, limit: int, as_json: 
         out.print(table)
 
 
-def _as_dict(m: pyqueue.Message) -> dict[str, Any]:
+def _as_dict(m: AnyMessage) -> dict[str, Any]:
     return {"partition": m.partition, "offset": m.offset, "timestamp": m.timestamp, "time": iso_time(m.timestamp),
             "key": text_or_b64(m.key), "value": text_or_b64(m.value),
             "headers": {k: text_or_b64(v) for k, v in m.headers.items()}}

@@ -7,7 +7,7 @@ from typing import Optional
 
 import click
 
-from pyqueue.commands.common import StopOnSignal, get_topic, open_broker, path_option
+from pyqueue.commands.common import StopOnSignal, get_topic, open_broker, path_option, where
 
 
 @click.command()
@@ -33,7 +33,7 @@ def metrics(path: Optional[str], topics: tuple[str, ...], port: int, host: str) 
             raise click.ClickException(f"cannot listen on {host}:{port}: {e.strerror or e}") from e
         bound_host, bound_port = str(server.server_address[0]), server.server_address[1]
         shown_host = f"[{bound_host}]" if ":" in bound_host else bound_host
-        click.echo(f"serving metrics of {b.path} on http://{shown_host}:{bound_port}/metrics", err=False)
+        click.echo(f"serving metrics of {where(b)} on http://{shown_host}:{bound_port}/metrics", err=False)
         try:
             stop.wait()
         finally:

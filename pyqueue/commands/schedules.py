@@ -1,5 +1,6 @@
 """`pyqueue schedules list|add|remove|run`: the broker's durable schedules
-(broker.scheduler()); `run` is the scheduler loop in the foreground."""
+(broker.scheduler()); `run` is the scheduler loop in the foreground.  On a
+backend without a scheduler, its Unsupported is the one-line error."""
 
 from __future__ import annotations
 
@@ -12,8 +13,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import click
 
 import pyqueue
-from pyqueue.commands.common import (StopOnSignal, console, get_topic, open_broker, parse_headers, path_option,
-                                     print_json, shown)
+from pyqueue.commands.common import (AnyBroker, StopOnSignal, console, get_topic, open_broker, parse_headers,
+                                     path_option, print_json, shown, where)
 
 _UNITS = {"": 1.0, "s": 1.0, "ms": 0.001, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|)\s*$")
@@ -50,7 +51,11 @@ def parse_time(text: Optional[str], tz_name: Optional[str], option: str) -> Opti
     return when
 
 
-def _has_scheduler(b: pyqueue.Broker) -> bool:
+def _has_scheduler(b: AnyBroker) -> bool:
+    """False if the broker directory has no scheduler files yet; a cluster's
+    broker is asked (its scheduler() says whether it has one)."""
+    if not isinstance(b, pyqueue.Broker):
+        return True
     return os.path.exists(os.path.join(b.path, "scheduler", "schedules.db"))
 
 
@@ -134,7 +139,7 @@ def remove(path: Optional[str], schedule_id: str) -> None:
     """Remove schedule ID."""
     with open_broker(path) as b:
         if not _has_scheduler(b) or not b.scheduler().remove(schedule_id):
-            raise click.ClickException(f"no schedule {schedule_id!r} in {b.path}")
+            raise click.ClickException(f"no schedule {schedule_id!r} in {where(b)}")
         click.echo(f"removed schedule {schedule_id}")
 
 
@@ -146,7 +151,7 @@ def run(path: Optional[str]) -> None:
     with StopOnSignal() as stop, open_broker(path) as b:
         s = b.scheduler()
         s.start()
-        click.echo(f"scheduler running on {b.path} (Ctrl-C to stop)", err=True)
+        click.echo(f"scheduler running on {where(b)} (Ctrl-C to stop)", err=True)
         try:
             stop.wait()
         finally:

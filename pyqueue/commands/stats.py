@@ -1,5 +1,9 @@
 """`pyqueue stats` (topics, partitions and groups) and `pyqueue groups`
-(lag, in flight, oldest unacked age and dead letters per group)."""
+(lag, in flight, oldest unacked age and dead letters per group).
+
+A figure the backend cannot tell (None in stats(): segments and synced
+positions, delayed messages and queue-mode members on JetStream) shows as
+"-"."""
 
 from __future__ import annotations
 
@@ -7,20 +11,27 @@ from typing import Any, Optional
 
 import click
 
-from pyqueue.commands.common import console, human_age, human_bytes, open_broker, path_option, print_json, topics_of
+import pyqueue
+from pyqueue.commands.common import (console, count, human_age, human_bytes, open_broker, path_option, print_json,
+                                     topics_of, where)
+
+
+def delayed(g: dict[str, Any]) -> Optional[int]:
+    """A group's delayed messages (None if the backend cannot tell)."""
+    per = [p["delayed"] for p in g["partitions"].values()]
+    return None if None in per else sum(per)
 
 
 def group_rows(topic: str, groups: dict[str, Any], per_partition: bool = False) -> list[list[str]]:
     rows = []
     for name, g in groups.items():
-        rows.append([topic, name, g["mode"], str(g["members"]), f"{g['lag']:,}", f"{g['in_flight']:,}",
-                     f"{sum(p['delayed'] for p in g['partitions'].values()):,}",
-                     human_age(g["oldest_unacked_age"]), f"{g['dead_letters']:,}"])
+        rows.append([topic, name, g["mode"], count(g["members"]), count(g["lag"]), count(g["in_flight"]),
+                     count(delayed(g)), human_age(g["oldest_unacked_age"]), count(g["dead_letters"])])
         if per_partition:
             for p, v in g["partitions"].items():
-                rows.append(["", f"  [{p}] committed {v['committed']:,}", "", "", f"{v['lag']:,}",
-                             f"{v['in_flight']:,}", f"{v['delayed']:,}", human_age(v["oldest_unacked_age"]),
-                             f"{v['dead_letters']:,}"])
+                rows.append(["", f"  [{p}] committed {v['committed']:,}", "", "", count(v["lag"]),
+                             count(v["in_flight"]), count(v["delayed"]), human_age(v["oldest_unacked_age"]),
+                             count(v["dead_letters"])])
     return rows
 
 
@@ -44,12 +55,15 @@ def stats(path: Optional[str], topics: tuple[str, ...], as_json: bool) -> None:
     with open_broker(path) as b:
         data = {t.name: t.stats() for t in topics_of(b, topics)}
         if as_json:
-            print_json({"path": b.path, "topics": data})
+            if isinstance(b, pyqueue.Broker):
+                print_json({"path": b.path, "topics": data})
+            else:
+                print_json({"url": b.url, "namespace": b.names.ns, "topics": data})
             return
         from rich.table import Table
         out = console()
         if not data:
-            out.print(f"no topics in {b.path}")
+            out.print(f"no topics in {where(b)}")
         for name, st in data.items():
             parts = st["partitions"]
             total = sum(p["messages"] for p in parts.values())
@@ -64,7 +78,7 @@ def stats(path: Optional[str], topics: tuple[str, ...], as_json: bool) -> None:
                 col.justify = "right"
             for p, v in parts.items():
                 table.add_row(str(p), f"{v['start']:,}", f"{v['end']:,}", f"{v['messages']:,}", f"{v['depth']:,}",
-                              str(v["segments"]), human_bytes(v["bytes"]), f"{v['synced']:,}")
+                              count(v["segments"]), human_bytes(v["bytes"]), count(v["synced"]))
             out.print(table)
             if st["groups"]:
                 out.print(groups_table(group_rows(name, st["groups"])))

@@ -17,16 +17,15 @@ from typing import Any, Optional
 
 import click
 
-import pyqueue
-from pyqueue.commands.common import (StopOnSignal, console, get_topic, human_age, human_bytes, open_broker,
-                                     path_option)
+from pyqueue.commands.common import (AnyBroker, StopOnSignal, console, count, get_topic, human_age, human_bytes,
+                                     open_broker, path_option, where)
 from pyqueue.errors import PyQueueError
 
 
 class Sample:
     """One reading of every watched topic: stats and the monotonic time."""
 
-    def __init__(self, broker: pyqueue.Broker, names: tuple[str, ...]) -> None:
+    def __init__(self, broker: AnyBroker, names: tuple[str, ...]) -> None:
         self.at = time.monotonic()
         self.topics: dict[str, dict[str, Any]] = {}
         self.errors: dict[str, str] = {}
@@ -70,9 +69,9 @@ def render(now: Sample, before: Optional[Sample], path: str) -> Any:
                        rate(now, before, lambda s, n=name: s.end(n)), f"{st['depth']:,}",
                        human_bytes(sum(p["bytes"] for p in parts)))
         for gname, g in st["groups"].items():
-            groups.add_row(name, gname, g["mode"], str(g["members"]), f"{g['lag']:,}",
+            groups.add_row(name, gname, g["mode"], count(g["members"]), count(g["lag"]),
                            rate(now, before, lambda s, n=name, gn=gname: s.committed(n, gn)),
-                           f"{g['in_flight']:,}", human_age(g["oldest_unacked_age"]), f"{g['dead_letters']:,}")
+                           count(g["in_flight"]), human_age(g["oldest_unacked_age"]), count(g["dead_letters"]))
     screen: list[Any] = [topics]
     if groups.row_count:
         screen += [Text(""), groups]
@@ -104,17 +103,17 @@ def top(path: Optional[str], topics: tuple[str, ...], interval: float, once: boo
         if iterations == 1 or not out.is_terminal:
             # Off a terminal nothing is redrawn: each screen follows the last (as top -b).
             done = 1
-            out.print(render(now, before, b.path))
+            out.print(render(now, before, where(b)))
             while (iterations is None or done < iterations) and not stop.wait(interval):
                 before, now = now, Sample(b, topics)
                 out.print()
-                out.print(render(now, before, b.path))
+                out.print(render(now, before, where(b)))
                 done += 1
             return
         from rich.live import Live
-        with Live(render(now, None, b.path), console=out, auto_refresh=False, screen=False) as live:
+        with Live(render(now, None, where(b)), console=out, auto_refresh=False, screen=False) as live:
             done = 1
             while (iterations is None or done < iterations) and not stop.wait(interval):
                 before, now = now, Sample(b, topics)
-                live.update(render(now, before, b.path), refresh=True)
+                live.update(render(now, before, where(b)), refresh=True)
                 done += 1

@@ -8,11 +8,12 @@ from typing import Any, Optional
 import click
 
 import pyqueue
-from pyqueue.commands.common import ByteSize, console, human_bytes, open_broker, path_option, print_json
+from pyqueue.commands.common import (AnyTopic, ByteSize, console, human_bytes, open_broker, path_option, print_json,
+                                     where)
 from pyqueue.config import MAX_PARTITIONS, validate_name
 
 
-def topic_summary(t: pyqueue.Topic) -> dict[str, Any]:
+def topic_summary(t: AnyTopic) -> dict[str, Any]:
     parts = t.stats()["partitions"].values()
     return {"name": t.name, "partitions": t.partitions, "messages": sum(p["messages"] for p in parts),
             "bytes": sum(p["bytes"] for p in parts), "groups": t.groups()}
@@ -29,7 +30,7 @@ def topics(path: Optional[str], as_json: bool) -> None:
             print_json(rows)
             return
         if not rows:
-            click.echo(f"no topics in {b.path}")
+            click.echo(f"no topics in {where(b)}")
             return
         from rich.table import Table
         table = Table("topic", "partitions", "messages", "bytes", "groups", box=None, pad_edge=False)
@@ -62,7 +63,10 @@ def create(path: Optional[str], topic: str, partitions: Optional[int], segment_b
     configuration."""
     validate_name(topic)                        # before anything is created on disk
     with open_broker(path, create=True) as b:
-        existed = os.path.exists(os.path.join(b.path, "topics", topic, "topic.json"))
+        if isinstance(b, pyqueue.Broker):
+            existed = os.path.exists(os.path.join(b.path, "topics", topic, "topic.json"))
+        else:
+            existed = topic in b.topics()
         t = b.topic(topic, partitions=partitions, segment_bytes=segment_bytes,
                     retention_bytes=retention_bytes, retention_seconds=retention_seconds,
                     max_message_bytes=max_message_bytes, max_depth=max_depth)

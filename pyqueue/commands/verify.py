@@ -21,7 +21,8 @@ from typing import Any, Optional
 import click
 
 import pyqueue
-from pyqueue.commands.common import console, human_bytes, open_broker, path_option, print_json, topics_of
+from pyqueue.commands.common import (console, embedded_only, get_topic, human_bytes, open_broker, path_option,
+                                     print_json)
 from pyqueue.errors import CorruptionError, OffsetOutOfRange, PyQueueError
 
 _CHUNK = 4096           # records per read
@@ -94,13 +95,17 @@ def verify(path: Optional[str], topics: tuple[str, ...], as_json: bool) -> None:
     Exits with 1 if any record is damaged, naming each by partition, offset,
     segment file and byte position."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+    embedded_only("verify", "it checks the CRC of the segment files on disk", path)
     reports: list[PartitionReport] = []
     unopenable: list[tuple[str, str]] = []
     with open_broker(path) as b:
+        assert isinstance(b, pyqueue.Broker)
         opened: list[pyqueue.Topic] = []
         for name in (topics or b.topics()):
             try:
-                opened.append(topics_of(b, [name])[0])
+                t = get_topic(b, name)
+                assert isinstance(t, pyqueue.Topic)
+                opened.append(t)
             except CorruptionError as e:
                 unopenable.append((name, str(e)))
         total = sum(end - start for t in opened for start, end in (t.offsets(p) for p in range(t.partitions)))

@@ -15,7 +15,8 @@ newer with JetStream.  The modules, one concept each:
     queue_consumer.py  queue mode: a shared durable pull consumer per partition
     stream_consumer.py stream mode: partition ownership in KV, one consumer per owner
     ownership.py       stream mode's membership, generations and commits (KV CAS)
-    group_state.py     a group's stored mode and settings; stats; deletion
+    group_state.py     a group's stored mode and settings; deletion
+    stats.py           Topic.stats(): the embedded engine's keys, from the server
     scheduler.py       the durable scheduler: schedules and progress in KV
     lease.py           one holder at a time of a KV key (the active scheduler)
     job_store.py       jobs: definitions, job states and workers in KV (broker.jobs())

@@ -397,11 +397,18 @@ class JetStreamBroker:
             return self._jobs
 
     def stats(self) -> dict[str, Any]:
-        """Per topic and partition: offsets, messages, bytes; per group: lag and in flight."""
+        """Topic.stats() of every topic, with the embedded broker's keys
+        (`path` and `fsync` are None here) and the cluster's url, namespace
+        and server version.  A topic deleted meanwhile is left out."""
         self._check_open()
-        return {"url": self.url, "namespace": self.names.ns, "backend": "jetstream",
-                "server_version": ".".join(map(str, self.client.version)),
-                "topics": {n: self.topic(n).stats() for n in self.topics()}}
+        topics: dict[str, Any] = {}
+        for n in self.topics():
+            try:
+                topics[n] = self.topic(n, create=False).stats()
+            except UnknownTopic:
+                pass
+        return {"path": None, "fsync": None, "url": self.url, "namespace": self.names.ns, "backend": "jetstream",
+                "server_version": ".".join(map(str, self.client.version)), "topics": topics}
 
     def _register_consumer(self, consumer: Any) -> None:
         with self._lock:

@@ -7,6 +7,8 @@ Keys (naming.py escapes topic T and group G):
     {ns}.{T}.{G}.m.{id} a stream-mode member's heartbeat   (ownership.py)
     {ns}.{T}.{G}.p.{p} a stream-mode partition's owner, generation and
                        committed offset                   (ownership.py)
+    {ns}.{T}.{G}.dl.{p} a queue-mode partition's count of dead letters
+                       {"n": count}                        (stats.py)
 
 Queue mode keeps nothing else here: its position, leases and delivery
 counts are the durable consumer's, on the server.  The functions below are
@@ -28,7 +30,7 @@ if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
     from pyqueue.jetstream.topic import JetStreamTopic
 
-__all__ = ["ensure_group", "group_names", "delete_group", "purge_topic_groups", "group_stats", "read_meta"]
+__all__ = ["ensure_group", "group_names", "delete_group", "purge_topic_groups", "read_meta"]
 
 
 def meta_key(names: Names, topic: str, group: str) -> str:
@@ -132,24 +134,3 @@ async def _purge(broker: "JetStreamBroker", key_filter: str) -> None:
 
 async def purge_topic_groups(broker: "JetStreamBroker", topic: str) -> None:
     await _purge(broker, f"{broker.names.topic_key(topic)}.>")
-
-
-async def group_stats(broker: "JetStreamBroker", topic: "JetStreamTopic") -> dict[str, Any]:
-    """Per group: mode, lag, in flight (queue mode: from the durable
-    consumers; stream mode: from the committed offsets in KV)."""
-    out: dict[str, Any] = {}
-    for group in await group_names(broker, topic.name):
-        meta = await read_meta(broker, topic.name, group)
-        if meta is None:
-            continue
-        if meta["mode"] == "queue":
-            from pyqueue.jetstream.queue_consumer import queue_lag
-            per = await queue_lag(broker, topic, group)
-            out[group] = {"mode": "queue", "lag": sum(v["lag"] for v in per.values()),
-                          "in_flight": sum(v["in_flight"] for v in per.values()), "partitions": per}
-        else:
-            from pyqueue.jetstream.ownership import stream_lag
-            per = await stream_lag(broker, topic, group)
-            out[group] = {"mode": "stream", "lag": sum(v["lag"] for v in per.values()),
-                          "in_flight": 0, "partitions": per}
-    return out

@@ -447,6 +447,11 @@ class JsQueueConsumer:
             return
         self._send(m, _TERM)
         self._leases.forget(m.partition, m.offset, m.delivery_count)
+        from pyqueue.jetstream.stats import count_dead_letter     # for stats(): dead_letters
+        try:
+            self._broker._run(count_dead_letter(self._broker, self.topic.name, self.group, m.partition))
+        except Closed:
+            pass
 
     def run(self, handler: Callable[[JsMessage], Any], concurrency: int = 1, *,
             install_signal_handlers: bool = True) -> int:

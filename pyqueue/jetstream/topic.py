@@ -372,20 +372,32 @@ class JetStreamTopic:
         self._check_partition(partition)
         _check_offset(offset)
         deadline = None if timeout is None else time.monotonic() + timeout
-        return self._broker._run(self._wait(partition, offset, deadline))
+        return self._broker._run(self._wait({partition: offset}, deadline))
 
-    async def _wait(self, partition: int, offset: int, deadline: Optional[float]) -> bool:
+    def wait_any(self, positions: dict[int, int], timeout: Optional[float] = None) -> bool:
+        """Block until, for some partition p in `positions`, record
+        positions[p] exists; False on timeout.  One wait over several
+        partitions (a follower of the whole topic)."""
+        self._check_open()
+        for p, offset in positions.items():
+            self._check_partition(p)
+            _check_offset(offset)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        return self._broker._run(self._wait(dict(positions), deadline))
+
+    async def _wait(self, positions: dict[int, int], deadline: Optional[float]) -> bool:
         nc = self._client().nc
         arrived = asyncio.Event()
 
         async def on_msg(_msg: Any) -> None:
             arrived.set()
 
-        sub = await nc.subscribe(self._subjects[partition], cb=on_msg)
+        subs = [await nc.subscribe(self._subjects[p], cb=on_msg) for p in positions]
         try:
             while True:
                 arrived.clear()
-                if (await self._offsets(partition))[1] > offset:
+                ends = await asyncio.gather(*(self._offsets(p) for p in positions))
+                if any(end > offset for (_start, end), offset in zip(ends, positions.values())):
                     return True
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -397,7 +409,8 @@ class JetStreamTopic:
                 except asyncio.TimeoutError:
                     pass
         finally:
-            await sub.unsubscribe()
+            for sub in subs:
+                await sub.unsubscribe()
 
     # -- groups --
 
@@ -432,22 +445,14 @@ class JetStreamTopic:
         self._broker._run(delete_group(self._broker, self, name))
 
     def stats(self) -> dict[str, Any]:
-        """Per partition: offsets, messages, bytes; per group: mode and lag."""
+        """The embedded engine's keys (see stats.py for how each is read
+        from the server, and which are None here): per partition start, end,
+        messages, bytes, depth; per group mode, members, lag, in flight, dead
+        letters, oldest unacked age, and the same per partition; the topic's
+        depth, config and replicas."""
+        from pyqueue.jetstream.stats import topic_stats
         self._check_open()
-        return self._broker._run(self._stats())
-
-    async def _stats(self) -> dict[str, Any]:
-        from pyqueue.jetstream.group_state import group_stats
-        parts = {}
-        states = await asyncio.gather(*(self._state(p) for p in range(self.partitions)))
-        for p, st in enumerate(states):
-            first, last = int(st.get("first_seq", 0)), int(st.get("last_seq", 0))
-            start = max(first, 1) - 1 if first else last
-            parts[p] = {"start": start, "end": last, "messages": int(st.get("messages", 0)),
-                        "bytes": int(st.get("bytes", 0))}
-        groups = await group_stats(self._broker, self)
-        return {"partitions": parts, "groups": groups, "config": self.config.__dict__.copy(),
-                "replicas": self.replicas}
+        return self._broker._run(topic_stats(self))
 
     def close(self) -> None:
         self._closed = True
