@@ -13,7 +13,6 @@ BACKEND_FEATURES = {
     "ordered": (lambda b: b.topic("t").consumer("g", mode="queue", ordered=True), "ordered"),
     "max_depth": (lambda b: b.topic("deep", max_depth=10), "max_depth"),
     "read_batch": (lambda b: b.topic("t").read_batch(0, 0, 10), "read_batch"),
-    "jobs": (lambda b: b.jobs(), "jobs"),
 }
 
 
