@@ -47,7 +47,8 @@ _LINGER = 1.0
 class _Owned:
     """A partition this member owns: its generation, position and acks."""
 
-    __slots__ = ("gen", "position", "floor", "acked_above", "consumer", "incarnation", "committed")
+    __slots__ = ("gen", "position", "floor", "acked_above", "holes", "consumer", "incarnation", "committed",
+                 "asked_again_at")
 
     def __init__(self, gen: int, offset: int, consumer: str) -> None:
         self.gen = gen
@@ -57,19 +58,40 @@ class _Owned:
         self.floor = offset         # every delivered offset below it is acked
         self.committed = offset     # what the record holds
         self.acked_above: set[int] = set()
+        self.holes: dict[int, int] = {}       # start -> end of offsets that are not in the stream
+        self.asked_again_at = -1    # the position the consumer was last re-made at for a gap
 
     def ack(self, offset: int) -> None:
         if offset == self.floor:
             self.floor += 1
-            while self.floor in self.acked_above:
-                self.acked_above.discard(self.floor)
-                self.floor += 1
+            self._advance()
         elif offset > self.floor:
             self.acked_above.add(offset)
+
+    def skip(self, start: int, end: int) -> None:
+        """Offsets start..end-1 are not in the stream (retention removed
+        them): deliver from `end` on, and count them as acked."""
+        self.position = max(self.position, end)
+        if self.floor >= start:
+            self.floor = max(self.floor, end)
+            self._advance()
+        else:
+            self.holes[start] = end
+
+    def _advance(self) -> None:
+        while True:
+            if self.floor in self.acked_above:
+                self.acked_above.discard(self.floor)
+                self.floor += 1
+            elif self.floor in self.holes:
+                self.floor = max(self.floor, self.holes.pop(self.floor))
+            else:
+                return
 
     def reset(self, offset: int) -> None:
         self.position = self.floor = offset
         self.acked_above.clear()
+        self.holes.clear()
 
 
 class JsStreamConsumer:
@@ -102,6 +124,7 @@ class JsStreamConsumer:
         self._last_commit = time.monotonic()
         self._next_partition = 0
         self._reconnects = topic._broker.client.reconnects
+        self._gap: Optional[tuple[int, int]] = None      # (partition, offset) of a message after a gap
         self.member_id = new_member_id()
         self._broker._run(ensure_group(self._broker, topic.name, group, "stream", {}))
         self._own = Ownership(self._broker, topic, group, self.member_id, self.session_timeout)
@@ -294,7 +317,7 @@ class JsStreamConsumer:
         puller = self._puller
         if self._broker.client.reconnects != self._reconnects:
             await self._after_reconnect()
-        got = self._take(n)
+        got = await self._take_in_order(n)
         if got:
             return got
         parts = sorted(self._owned)
@@ -314,7 +337,7 @@ class JsStreamConsumer:
                 await req.done
                 if not req.answered:
                     await self._recover(p)
-        got = self._take(n)
+        got = await self._take_in_order(n)
         if got:
             return got
         left = until - time.monotonic()
@@ -329,7 +352,7 @@ class JsStreamConsumer:
                 await asyncio.wait_for(puller.arrived.wait(), left)
             except asyncio.TimeoutError:
                 pass
-        return self._take(n)
+        return await self._take_in_order(n)
 
     async def _after_reconnect(self) -> None:
         """The connection was lost and made again: messages the server sent
@@ -376,7 +399,8 @@ class JsStreamConsumer:
 
     def _take(self, n: int) -> list[JsMessage]:
         """Buffered messages of owned partitions, in order: a repeat (below
-        the position) is skipped, a gap (retention) moves the position."""
+        the position) is skipped; at a gap, taking stops until _close_gap()
+        has found out why (see there)."""
         buf = self._puller.buffer
         out: list[JsMessage] = []
         while buf and len(out) < n:
@@ -384,10 +408,54 @@ class JsStreamConsumer:
             o = self._owned.get(m.partition)
             if o is None or m.offset < o.position:
                 continue
+            if m.offset > o.position and o.asked_again_at != o.position:
+                buf.appendleft(m)
+                self._gap = (m.partition, m.offset)
+                break
+            if m.offset > o.position:            # asked again, and the same offsets are missing
+                with self._ack_lock:
+                    o.skip(o.position, m.offset)
             o.position = m.offset + 1
             m.delivery_count = 1
             out.append(m)
         return out
+
+    async def _take_in_order(self, n: int) -> list[JsMessage]:
+        got = self._take(n)
+        if self._gap is not None:
+            await self._close_gap()
+            got += self._take(n - len(got))
+        return got
+
+    async def _close_gap(self) -> None:
+        """A message came after a gap in the offsets.  Offsets that
+        retention removed are skipped; if the missing messages are still in
+        the stream they were lost on the way (a consumer without acks never
+        sends them again), so the consumer is re-made at the position to ask
+        for them again.  A gap that remains after that (messages deleted
+        from inside the stream by hand) is skipped."""
+        gap, self._gap = self._gap, None
+        if gap is None:
+            return
+        p, seen = gap
+        o = self._owned.get(p)
+        if o is None:
+            return
+        first, _end = await self.topic._offsets(p)
+        if first > o.position:
+            with self._ack_lock:
+                o.skip(o.position, min(first, seen))
+        if o.position >= seen:
+            return
+        o.asked_again_at = o.position
+        self._puller.forget(p)
+        old = o.consumer
+        o.incarnation += 1
+        o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
+        try:
+            await self._make_consumer(p, o, [old], self._short_deadline())
+        except Unavailable:
+            pass                     # the next poll finds it unanswered and re-makes it
 
     def __iter__(self) -> Iterator[JsMessage]:
         while not self._closed:
