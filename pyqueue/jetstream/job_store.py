@@ -21,8 +21,12 @@ final write resolves one way.  A write whose answer was lost in a failover
 is recognised on the retry (the key holds what it wrote).
 
 Costs and limits (KV has no transactions and no secondary index):
-  - submit: one create; a worker's batch: a get and an update per job, all
-    in flight at once; a heartbeat: a get (and a stamp) per running job.
+  - submit: one create.  A worker reads the states of the jobs it leases
+    (a get each, all in flight at once) and remembers each live job's
+    revision (up to KNOWN jobs), so its batch writes are an update per job,
+    a CAS over that revision with no read first (a stale one fails and the
+    writer reads again and decides again); a heartbeat: a stamp per running
+    job, the same way.
   - status(): one get.  result(): a KV watch on the job's key (an ordered
     consumer the server pushes each change to), with a get every
     RECHECK seconds in case the watch stalls through a failover.

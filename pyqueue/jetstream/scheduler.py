@@ -38,7 +38,10 @@ then purges the keys.  Limits: every definition and progress record is held
 in the active scheduler's memory and read at each takeover, so a namespace
 holds at most `capacity` schedules (default 10,000, at most 100,000); a fire
 costs three round trips to the cluster (two KV writes, one publish), one
-after the other, so a few hundred fires a second at most.  add_many() is not one
+after the other; schedules due together are fired concurrently (up to
+_FIRE_BATCH at a time, _FIRE_WINDOW in flight), each one's steps in order,
+so many due at once fire at a few thousand a second where one alone
+takes three round trips.  add_many() is not one
 transaction: a failure part way leaves the schedules before it stored.
 """
 

@@ -11,9 +11,13 @@ dead-letters the messages; a heartbeat extends leases, stamps rows, kills
 cancelled jobs and purges old rows.  When slots are idle and the queue is
 empty, a waiter thread sleeps on the topic's wake-up word (armed before the
 empty poll, so no append is missed) and wakes the loop through a pipe.  A
-topic without one (the JetStream backend) has the waiter thread make the
-waiting poll itself (a pull request that the server answers as a message
-arrives, renewed every POLL seconds); the loop takes what it got.
+topic without one (the JetStream backend, where a poll and a read of the
+jobs' states are round trips to the cluster) has the waiter thread make
+every poll (a pull request that the server answers as a message arrives,
+renewed every POLL seconds) and read the states of what it got; the loop
+takes both and goes on with the running jobs meanwhile.  There an idle slot
+asks for as many jobs as it would pipeline of the jobs seen so far (see
+Pipelining), so that a round trip brings a batch.
 
 Delivery rule: a job's message is acked only after its final state is
 committed, so a worker killed at any point leaves either a final row or a
@@ -44,7 +48,9 @@ extended) for the first child with room.
 
 Bounds: at most concurrency * PIPELINE jobs are leased at a time; the pending outcomes
 are flushed FLUSH_DELAY after the first of them (a batch per flush, so a
-no-op job costs a fraction of a transaction); a cancelled running job is
+no-op job costs a fraction of a transaction; where the store writes
+remotely the loop goes on while one batch is in flight, and settles its
+messages once it has landed); a cancelled running job is
 killed within HEARTBEAT seconds (or visibility_timeout / 3, if shorter: the
 heartbeat also extends the leases).
 """
@@ -739,18 +745,24 @@ class Worker:
         batch = self._writing
         if batch is None:
             return
-        if batch.future is not None:
-            if wait:
-                try:
-                    batch.future.result(getattr(self.broker, "timeout", None))
-                except BaseException:
-                    pass                       # reported below
-            if not batch.future.done():
+        future = batch.future
+        if future is not None:
+            if not future.done():
                 if not wait:
                     return
-                batch.future.cancel()
-            error = None if batch.future.cancelled() else batch.future.exception()
-            if batch.future.cancelled() or error is not None:
+                try:
+                    future.result(getattr(self.broker, "timeout", None))
+                except BaseException:
+                    pass                       # reported below
+            error: Optional[BaseException] = None
+            if not future.done():
+                future.cancel()
+                error = TimeoutError("the job store did not answer in time")
+            elif future.cancelled():
+                error = Closed("the job store's write was cancelled")
+            else:
+                error = future.exception()
+            if error is not None:
                 self._writing = None
                 log.error("could not record %d job outcomes; retrying in 1 s", len(batch.actions),
                           exc_info=error)
