@@ -21,8 +21,12 @@ final write resolves one way.  A write whose answer was lost in a failover
 is recognised on the retry (the key holds what it wrote).
 
 Costs and limits (KV has no transactions and no secondary index):
-  - submit: one create; a worker's batch: a get and an update per job, all
-    in flight at once; a heartbeat: a get (and a stamp) per running job.
+  - submit: one create.  A worker reads the states of the jobs it leases
+    (a get each, all in flight at once) and remembers each live job's
+    revision (up to KNOWN jobs), so its batch writes are an update per job,
+    a CAS over that revision with no read first (a stale one fails and the
+    writer reads again and decides again); a heartbeat: a stamp per running
+    job, the same way.
   - status(): one get.  result(): a KV watch on the job's key (an ordered
     consumer the server pushes each change to), with a get every
     RECHECK seconds in case the watch stalls through a failover.
@@ -38,7 +42,9 @@ Costs and limits (KV has no transactions and no secondary index):
 from __future__ import annotations
 
 import asyncio
+import base64
 import builtins
+import concurrent.futures
 import hashlib
 import heapq
 import json
@@ -49,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable, Optional, 
 
 import msgspec
 
-from pyqueue.errors import ConfigError, CorruptionError
+from pyqueue.errors import Closed, ConfigError, CorruptionError
 from pyqueue.jobs.definition import JobDefinition
 from pyqueue.jobs.status import CANCELLED, FINAL_STATES, QUEUED, RUNNING, JobStatus
 from pyqueue.jobs.store import PURGE_BATCH, new_id
@@ -66,9 +72,20 @@ RECORD_ROOM = 64 << 10      # bytes of a KV value kept for a job's record beside
 MAX_ERROR_CHARS = 16_000    # an error text longer than this is cut (its JSON may double it)
 RECHECK = 2.0               # seconds between direct looks while result() watches a job
 _PARALLEL = 64              # KV requests in flight per call
+KNOWN = 4096                # live jobs whose last revision a store remembers
 _LIVE = (QUEUED, RUNNING)
 _HOST = re.compile(r"[A-Za-z0-9-]{1,64}\Z")
 _encode = msgspec.json.encode
+
+
+class _Entry:
+    """A KV entry as _kv_get reads it."""
+
+    __slots__ = ("value", "revision")
+
+    def __init__(self, value: bytes, revision: int) -> None:
+        self.value = value
+        self.revision = revision
 
 
 def _host_token(host: str) -> str:
@@ -100,6 +117,10 @@ def _status(jid: int, rec: dict[str, Any], result: Optional[bytes]) -> JobStatus
                      _s(rec.get("heartbeat_ns")))
 
 
+def _live(rec: dict[str, Any]) -> bool:
+    return rec.get("state") in _LIVE
+
+
 def _cut(error: Optional[str]) -> Optional[str]:
     if error is None or len(error) <= MAX_ERROR_CHARS:
         return error
@@ -122,7 +143,10 @@ class JsJobStore:
         self.max_result_bytes: Optional[int] = self.max_value - RECORD_ROOM
         self._lock = threading.Lock()
         self._defs: tuple[int, dict[str, JobDefinition]] = (-1, {})
+        # live job -> (revision, value) last read or written here (touched on the broker's loop only)
+        self._known: dict[int, tuple[int, bytes]] = {}
         self.kv: Any = broker._run(broker._bucket(self.bucket, "pyqueue job definitions, states and workers"))
+        self._api = getattr(self.kv._js, "_prefix", "$JS.API") + "."
 
     def __repr__(self) -> str:
         return f"<JsJobStore {self.broker.url} bucket {self.bucket} namespace {self.broker.names.ns}>"
@@ -171,9 +195,48 @@ class JsJobStore:
         """The key's entry (value, revision), or None."""
         import nats.js.errors
         try:
-            return await self._retry(lambda: self.kv.get(key), f"reading {key}")
+            return await self._retry(lambda: self._kv_get(key), f"reading {key}")
         except nats.js.errors.KeyNotFoundError:
             return None
+
+    # KeyValue.get and .update of nats-py, lighter: one request each, its answer decoded by
+    # msgspec and a delete marker told by a look at the raw headers (nats-py parses them as
+    # e-mail).  The same requests, the same answers (leader reads), the same errors.
+
+    async def _kv_get(self, key: str) -> _Entry:
+        import nats.js.errors
+        subject = self.kv._pre + key
+        msg = await self.broker.client.nc.request(
+            f"{self._api}STREAM.MSG.GET.{self.kv._stream}", _encode({"last_by_subj": subject}),
+            timeout=self.broker.request_timeout)
+        resp = msgspec.json.decode(msg.data)
+        err = resp.get("error")
+        if err:
+            if err.get("code") == 404:
+                raise nats.js.errors.KeyNotFoundError
+            nats.js.errors.APIError.from_error(err)        # raises the matching APIError
+        m = resp["message"]
+        if m.get("subject") != subject:
+            raise nats.js.errors.KeyNotFoundError
+        hdrs = m.get("hdrs")
+        if hdrs:
+            head = base64.b64decode(hdrs)
+            if b"KV-Operation: DEL" in head or b"KV-Operation: PURGE" in head:
+                raise nats.js.errors.KeyNotFoundError       # a delete marker
+        return _Entry(base64.b64decode(m.get("data") or b""), int(m["seq"]))
+
+    async def _kv_update(self, key: str, value: bytes, last: int) -> int:
+        import nats.js.errors
+        msg = await self.broker.client.nc.request(
+            self.kv._pre + key, value, timeout=self.broker.request_timeout,
+            headers={"Nats-Expected-Last-Subject-Sequence": str(last)})
+        resp = msgspec.json.decode(msg.data)
+        err = resp.get("error")
+        if err:
+            if err.get("err_code") in (10071, 10164):
+                raise nats.js.errors.KeyWrongLastSequenceError(description=err.get("description", ""))
+            nats.js.errors.APIError.from_error(err)
+        return int(resp["seq"])
 
     async def _create(self, key: str, value: bytes) -> bool:
         """Create the key; False if it exists with another value (a lost
@@ -189,13 +252,20 @@ class JsJobStore:
     async def _update(self, key: str, value: bytes, last: int) -> bool:
         """CAS: write value over revision `last`; False if the key moved on
         (unless to this very value: our own write, its answer lost)."""
+        return (await self._cas(key, value, last))[0]
+
+    async def _cas(self, key: str, value: bytes, last: int) -> tuple[bool, Any]:
+        """CAS: write value over revision `last`.  (True, the new revision),
+        or (False, the entry the key holds now, or None): the key moved on.
+        A lost answer of our own write shows as our value: (True, its revision)."""
         import nats.js.errors
         try:
-            await self._retry(lambda: self.kv.update(key, value, last=last), f"updating {key}")
-            return True
+            return True, await self._retry(lambda: self._kv_update(key, value, last), f"updating {key}")
         except nats.js.errors.KeyWrongLastSequenceError:
             e = await self._get(key)
-            return e is not None and e.value == value
+            if e is not None and e.value == value:
+                return True, e.revision
+            return False, e
 
     async def _purge(self, key: str) -> None:
         await self.broker.client.purge_keys(self.bucket, key, deadline=self.broker._deadline())
@@ -215,26 +285,54 @@ class JsJobStore:
                 return await c
         return list(await asyncio.gather(*(one(c) for c in coros)))
 
+    def _remember(self, jid: int, revision: int, value: bytes) -> None:
+        """Keep a live job's last known (revision, value), so that its next
+        change is a CAS on it without a read first (a stale one fails the
+        CAS, and the writer reads again).  At most KNOWN entries."""
+        known = self._known
+        known.pop(jid, None)
+        known[jid] = (revision, value)
+        if len(known) > KNOWN:
+            del known[next(iter(known))]
+
     async def _change(self, jid: int, change: Callable[[dict[str, Any], Optional[bytes]],
                                                        Optional[tuple[dict[str, Any], Optional[bytes]]]]) -> Any:
         """Read-modify-write of a job by CAS, again until it holds: change(rec,
         result) returns the new (rec, result), or None to leave the job alone.
-        Returns (the record read last, whether it was written), or None if there is no job."""
+        The first try starts from the revision this store last read or wrote
+        (no read), if it has one.  Returns (the record decided on last,
+        whether it was written), or None if there is no job."""
         key = self._key(jid)
+        known = self._known.pop(jid, None)
+        remembered = known is not None
         while True:
-            e = await self._get(key)
-            if e is None:
-                return None
-            rec, result = self._decode(key, e.value)
+            if known is None:
+                e = await self._get(key)
+                if e is None:
+                    return None
+                known = (e.revision, e.value)
+            rev, current = known
+            rec, result = self._decode(key, current)
             new = change(rec, result)
             if new is None:
+                if remembered:               # "leave it alone" is decided on what the key holds now
+                    known, remembered = None, False
+                    continue
+                if _live(rec):
+                    self._remember(jid, rev, current)
                 return rec, False
             value = _join(*new)
             if len(value) > self.max_value:
                 raise ConfigError(f"job {jid:016x}: its record is {len(value)} bytes; a KV value of "
                                   f"{self.bucket} holds at most {self.max_value}")
-            if await self._update(key, value, e.revision):
+            ok, got = await self._cas(key, value, rev)
+            if ok:
+                if _live(new[0]):
+                    self._remember(jid, got, value)
                 return rec, True
+            if got is None:
+                return None
+            known, remembered = (got.revision, got.value), False
 
     # -- definitions --
 
@@ -376,6 +474,8 @@ class JsJobStore:
                 if e is not None:
                     rec, _ = self._decode(key, e.value)
                     out[jid] = (rec["state"], rec.get("attempts", 0))
+                    if rec["state"] in _LIVE:
+                        self._remember(jid, e.revision, e.value)   # its worker's write starts from it
             return out
         return self._run(read()) if ids else {}
 
@@ -503,7 +603,18 @@ class JsJobStore:
 
     def write(self, running: Iterable[tuple], finals: Iterable[tuple]) -> None:
         """A worker batch (the tuples of JobStore.write), one CAS per job, all
-        in flight at once; jobs no longer queued or running are left alone."""
+        in flight at once; jobs no longer queued or running are left alone.
+        A job this store read or wrote last (the worker's admission read it)
+        is written over that revision without a read."""
+        self._run(self._write(running, finals))
+
+    def write_async(self, running: Iterable[tuple], finals: Iterable[tuple]) -> "concurrent.futures.Future[None]":
+        """write() started on the broker's loop; the future is done when it is."""
+        if self.broker._closed:
+            raise Closed(f"broker {self.broker.url} is closed")
+        return asyncio.run_coroutine_threadsafe(self._write(running, finals), self.broker._bridge.loop)
+
+    async def _write(self, running: Iterable[tuple], finals: Iterable[tuple]) -> None:
         ops: dict[int, list[tuple[str, tuple]]] = {}
         for r in running:
             ops.setdefault(r[4], []).append(("running", r))
@@ -532,9 +643,7 @@ class JsJobStore:
                 return (new, result) if wrote else None
             return change
 
-        async def all_jobs() -> None:
-            await self._gather(self._change(jid, changer(steps)) for jid, steps in ops.items())
-        self._run(all_jobs())
+        await self._gather(self._change(jid, changer(steps)) for jid, steps in ops.items())
 
     def wake(self) -> None:
         """Nothing to do: result() watches the job's key."""

@@ -38,7 +38,10 @@ then purges the keys.  Limits: every definition and progress record is held
 in the active scheduler's memory and read at each takeover, so a namespace
 holds at most `capacity` schedules (default 10,000, at most 100,000); a fire
 costs three round trips to the cluster (two KV writes, one publish), one
-after the other, so a few hundred fires a second at most.  add_many() is not one
+after the other; schedules due together are fired concurrently (up to
+_FIRE_BATCH at a time, _FIRE_WINDOW in flight), each one's steps in order,
+so many due at once fire at a few thousand a second where one alone
+takes three round trips.  add_many() is not one
 transaction: a failure part way leaves the schedules before it stored.
 """
 
@@ -52,7 +55,7 @@ import json
 import logging
 import threading
 import time
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from pyqueue._native import partition_for_key
 from pyqueue.errors import Closed, ConfigError, CorruptionError, MessageTooLarge, PyQueueError, UnknownTopic
@@ -77,6 +80,8 @@ FORMAT = 1
 _IDLE = 1.0                 # the active loop looks at the clock at least this often
 _CONFLICT_PAUSE_NS = 50_000_000   # a schedule whose progress changed under us is tried again this much later
 _ADD_WINDOW = 64            # KV writes in flight in add_many()
+_FIRE_BATCH = 256           # due schedules fired together (each one's steps in order)
+_FIRE_WINDOW = 64           # of them, fires in flight at once
 
 
 def fire_id(schedule_id: str, t_ns: int) -> str:
@@ -608,48 +613,103 @@ class JetStreamScheduler:
         return self._record(spec).get("last_ns")
 
     def _fire_due(self) -> int:
+        """Fire what is due, up to _FIRE_BATCH schedules at a time: each
+        schedule's steps in order, different schedules' concurrently."""
         before = self.fires
         while self._heap:
-            t, id = self._heap[0]
-            if t > int(self.clock() * NS) + SLACK_NS:
+            batch: list[tuple[str, int]] = []
+            while self._heap and len(batch) < _FIRE_BATCH:
+                t, id = self._heap[0]
+                if t > int(self.clock() * NS) + SLACK_NS:
+                    break
+                heapq.heappop(self._heap)
+                if self._next.get(id) != t:
+                    continue                      # stale: replaced or removed
+                if not self._lease.held():
+                    self._place(id, t)
+                    break
+                del self._next[id]
+                batch.append((id, t))
+            if not batch:
                 break
-            heapq.heappop(self._heap)
-            if self._next.get(id) != t:
-                continue                          # stale: replaced or removed
+            self._fire_batch(batch)
             if not self._lease.held():
-                self._place(id, t)
                 break
-            del self._next[id]
-            try:
-                self._fire(id)
-            except BaseException:
-                self._place(id, t)                # tried again next time (Unavailable, a bad record, ...)
-                raise
         return self.fires - before
 
-    def _fire(self, id: str) -> None:
-        spec = self._defs.get(id)
-        if spec is None:
-            return
+    def _fire_batch(self, batch: Sequence[tuple[str, int]]) -> None:
+        plans: list[tuple[str, int, Any]] = []         # (id, due time, its coroutine)
+        error: Optional[BaseException] = None
+        for i, (id, t) in enumerate(batch):
+            spec = self._defs.get(id)
+            if spec is None:
+                continue
+            try:
+                now = int(self.clock() * NS)
+                actions, nxt = fire_plan(spec, self._resolve(spec), now, int(self.misfire_grace * NS))
+                topic: Any = None
+                if any(stands_for for _, stands_for in actions):
+                    try:
+                        topic = self.broker.topic(spec.topic, create=False)
+                    except UnknownTopic as e:
+                        topic = e                 # raised at the publish, after the steps before it
+            except _Conflict:
+                self._place(id, int(self.clock() * NS) + _CONFLICT_PAUSE_NS)
+                continue
+            except BaseException as e:
+                self._place(id, t)                # tried again next time (Unavailable, a bad record, ...)
+                for later_id, later_t in batch[i + 1:]:
+                    self._place(later_id, later_t)
+                error = e
+                break
+            plans.append((id, t, self._afire(spec, actions, nxt, topic)))
+        if plans:
+            window = asyncio.Semaphore(_FIRE_WINDOW)
+
+            async def one(c: Any) -> Any:
+                async with window:
+                    return await c
+
+            async def all_of() -> list[Any]:
+                return list(await asyncio.gather(*(one(c) for _, _, c in plans), return_exceptions=True))
+
+            try:
+                outs = self.broker._run(all_of(), self.broker.timeout + 1)
+            except BaseException as e:
+                for _, _, c in plans:
+                    c.close()
+                outs = [e] * len(plans)
+            for (id, t, _), out in zip(plans, outs):
+                if isinstance(out, BaseException):
+                    self._place(id, t)            # tried again next time
+                    if error is None:
+                        error = out
+                else:
+                    self._place(id, out)
+        if error is not None:
+            raise error
+
+    async def _afire(self, spec: Schedule, actions: Sequence[tuple[int, int]], nxt: Optional[int],
+                     topic: Any) -> Optional[int]:
+        """One schedule's due fire (its actions in order); its next fire time."""
         try:
-            now = int(self.clock() * NS)
-            actions, nxt = fire_plan(spec, self._resolve(spec), now, int(self.misfire_grace * NS))
             try:
                 for t, stands_for in actions:
                     if stands_for:
-                        self._publish(spec, t, stands_for)
+                        if isinstance(topic, BaseException):
+                            raise topic
+                        await self._publish(spec, topic, t, stands_for)
                     else:
-                        self._write(spec, {**self._base(spec), "last_ns": t})
+                        await self._awrite(spec, {**self._base(spec), "last_ns": t})
             except (UnknownTopic, MessageTooLarge) as e:
                 self._ends = {k: v for k, v in self._ends.items() if k[0] != spec.topic}
                 log.warning("schedule %r: fire at %s not published: %s", spec.id, scheduled_for(actions[-1][0]), e)
-                self._write(spec, {**self._base(spec), "last_ns": actions[-1][0]})
+                await self._awrite(spec, {**self._base(spec), "last_ns": actions[-1][0]})
         except _Conflict:
             # Someone else wrote its progress (a fenced scheduler's last
             # write, or a remove): decide again from what is stored now.
-            self._place(id, int(self.clock() * NS) + _CONFLICT_PAUSE_NS)
-            return
-        self._place(id, nxt)
+            return int(self.clock() * NS) + _CONFLICT_PAUSE_NS
+        return nxt
 
     def _base(self, spec: Schedule) -> dict[str, Any]:
         rec = self._record(spec)
@@ -658,7 +718,10 @@ class JetStreamScheduler:
     def _write(self, spec: Schedule, record: dict[str, Any]) -> None:
         """Store a progress record by CAS on the revision we know; _Conflict
         (after reading it again) if it changed."""
-        rev = self.broker._run(self._cas(spec.id, record), self.broker.timeout + 1)
+        self.broker._run(self._awrite(spec, record), self.broker.timeout + 1)
+
+    async def _awrite(self, spec: Schedule, record: dict[str, Any]) -> None:
+        rev = await self._cas(spec.id, record)
         self._progress[spec.id] = (rev, record)
 
     async def _cas(self, id: str, record: dict[str, Any]) -> int:
@@ -720,13 +783,12 @@ class JetStreamScheduler:
             offset = msgs[-1].offset + 1
         return False
 
-    def _publish(self, spec: Schedule, t_ns: int, stands_for: int) -> None:
+    async def _publish(self, spec: Schedule, topic: Any, t_ns: int, stands_for: int) -> None:
         if not self._lease.held():
             raise _Conflict(spec.id)              # fenced: the loop ends at its next look
         rec = self._record(spec)
         if rec.get("last_ns") is not None and rec["last_ns"] >= t_ns:
             return                                # fired already
-        topic = self.broker.topic(spec.topic, create=False)
         headers = dict(spec.headers)
         headers["x-schedule-id"] = spec.id.encode()
         headers["x-scheduled-for"] = scheduled_for(t_ns).encode()
@@ -735,17 +797,19 @@ class JetStreamScheduler:
         topic._size_check(spec.value, spec.key, headers)
         msg_id = fire_id(spec.id, t_ns)
         part = partition_for_key(spec.key if spec.key is not None else msg_id.encode(), topic.partitions)
+        # An offset at or before the partition's end, read before this fire's publish (another
+        # fire's publish in flight meanwhile lands before or after it: the bound holds).
         end = self._ends.get((spec.topic, part))
         if end is None:
-            _, end = self.broker._run(topic._offsets(part), self.broker.timeout + 1)
+            _, end = await topic._offsets(part)
         base = self._base(spec)
-        self._write(spec, {**base, "pending": {"t": t_ns, "p": part, "from": end}})
+        await self._awrite(spec, {**base, "pending": {"t": t_ns, "p": part, "from": end}})
         nh = to_nats_headers(spec.key, headers, msg_id)
         # Not past the lease (give or take a request): a successor publishes it again, deduplicated.
         deadline = time.monotonic() + max(self._lease.left(), self.broker.request_timeout)
-        ack = self.broker._send(lambda client: topic._publish(client, part, spec.value, nh, deadline, True))
+        ack = await topic._publish(self.broker.client, part, spec.value, nh, deadline, True)
         self._ends[(spec.topic, part)] = int(ack["seq"])    # a lower bound of the end from now on
-        self._write(spec, {**base, "last_ns": t_ns, "fires": base["fires"] + 1})
+        await self._awrite(spec, {**base, "last_ns": t_ns, "fires": base["fires"] + 1})
         if not ack.get("duplicate"):
             self.fires += 1
 

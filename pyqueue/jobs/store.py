@@ -23,6 +23,7 @@ most its limit (default 100) rows.
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 import os
 import random
 import sqlite3
@@ -306,6 +307,17 @@ class JobStore:
             db.executemany("UPDATE jobs SET state=?, attempts=?, started_ns=?, finished_ns=?, result=?, error=?, "
                            f"exit_code=?, worker=? WHERE id=? AND state IN {_LIVE}", finals)
         self._tx(tx)
+
+    def write_async(self, running: Iterable[tuple], finals: Iterable[tuple]) -> "concurrent.futures.Future[None]":
+        """write(), done before it returns (a local transaction): a future that is done."""
+        f: "concurrent.futures.Future[None]" = concurrent.futures.Future()
+        try:
+            self.write(running, finals)
+        except Exception as e:
+            f.set_exception(e)
+        else:
+            f.set_result(None)
+        return f
 
     def wake(self) -> None:
         """Have result() waiters look again (a worker calls it once a batch's

@@ -15,6 +15,7 @@ the other leaves the job alone.
 from __future__ import annotations
 
 import builtins
+import concurrent.futures
 from typing import Any, Iterable, Optional, Protocol, Sequence
 
 from pyqueue.jobs.definition import JobDefinition
@@ -54,6 +55,11 @@ class StoreAPI(Protocol):
     # -- changes --
     def cancel(self, jid: int, now_ns: int) -> Optional[str]: ...
     def write(self, running: Iterable[tuple], finals: Iterable[tuple]) -> None: ...
+
+    def write_async(self, running: Iterable[tuple], finals: Iterable[tuple]) -> "concurrent.futures.Future[None]":
+        """write() begun: the future is done once it is (at once where a
+        write is a local transaction; a worker goes on meanwhile)."""
+        ...
     def heartbeat(self, ids: Sequence[int], now_ns: int) -> set[int]: ...
 
     def wake(self) -> None:

@@ -11,9 +11,13 @@ dead-letters the messages; a heartbeat extends leases, stamps rows, kills
 cancelled jobs and purges old rows.  When slots are idle and the queue is
 empty, a waiter thread sleeps on the topic's wake-up word (armed before the
 empty poll, so no append is missed) and wakes the loop through a pipe.  A
-topic without one (the JetStream backend) has the waiter thread make the
-waiting poll itself (a pull request that the server answers as a message
-arrives, renewed every POLL seconds); the loop takes what it got.
+topic without one (the JetStream backend, where a poll and a read of the
+jobs' states are round trips to the cluster) has the waiter thread make
+every poll (a pull request that the server answers as a message arrives,
+renewed every POLL seconds) and read the states of what it got; the loop
+takes both and goes on with the running jobs meanwhile.  There an idle slot
+asks for as many jobs as it would pipeline of the jobs seen so far (see
+Pipelining), so that a round trip brings a batch.
 
 Delivery rule: a job's message is acked only after its final state is
 committed, so a worker killed at any point leaves either a final row or a
@@ -44,13 +48,16 @@ extended) for the first child with room.
 
 Bounds: at most concurrency * PIPELINE jobs are leased at a time; the pending outcomes
 are flushed FLUSH_DELAY after the first of them (a batch per flush, so a
-no-op job costs a fraction of a transaction); a cancelled running job is
+no-op job costs a fraction of a transaction; where the store writes
+remotely the loop goes on while one batch is in flight, and settles its
+messages once it has landed); a cancelled running job is
 killed within HEARTBEAT seconds (or visibility_timeout / 3, if shorter: the
 heartbeat also extends the leases).
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import selectors
@@ -167,9 +174,11 @@ class Worker:
         self._beat_period = min(HEARTBEAT, self.visibility_timeout / 3)   # leases are extended at beats
         self._result_cap = jobs._store.max_result_bytes
         self._prefetched: list[Any] = []           # messages the waiter's poll got (JetStream)
+        self._prefetched_rows: dict[int, Optional[tuple[str, int]]] = {}   # and their jobs' states
         self.done = 0                      # outcomes recorded (jobs finished, retried or skipped)
         self._pending: list[Outcome] = []
         self._flush_due: Optional[float] = None
+        self._writing: Optional[_Batch] = None    # the flush whose store write is in flight (one at a time)
         self._stopping = threading.Event()
         self._hard = False
         self._stop_at: Optional[float] = None
@@ -180,11 +189,14 @@ class Worker:
         self._defs_version = -1
         self._defs_checked = 0.0
         self._purged = 0.0
+        self._purging: Optional[threading.Thread] = None   # a retention pass in progress (JetStream)
         self._backlog: list[Run] = []              # leased and admitted, not yet sent to a child
         self._runtime: dict[str, float] = {}       # a definition's typical run time (EWMA), once seen
+        self._typical: Optional[float] = None      # the typical run time of any job here (EWMA), once seen
         self._waiter_cv = threading.Condition()
-        self._waiter_seq: Optional[int] = None     # handed to the waiter thread
-        self._waiting = False                      # the waiter holds an armed sequence
+        self._waiter_seq: Optional[int] = None     # handed to the waiter thread (an armed sequence,
+                                                   # or without a wake-up word: how many jobs to lease)
+        self._waiting = False                      # the waiter holds it
         self.consumer: Any = None
 
     # -- control --
@@ -245,13 +257,14 @@ class Worker:
                 self._waiter_cv.notify()
             if waiter.is_alive():
                 waiter.join()
-            if self._waiter_seq is not None:       # handed over but never slept on
-                self.topic.notify.disarm()
-                self._waiter_seq = None
+            if self._waiter_seq is not None and self._notify is not None:   # armed but never slept on
+                self._notify.disarm()
+            self._waiter_seq = None
             if self._prefetched:                   # taken by the waiter's last poll: given back below
                 msgs, self._prefetched = self._prefetched, []
+                rows, self._prefetched_rows = self._prefetched_rows, {}
                 try:
-                    self._admit(msgs)
+                    self._admit(msgs, rows)
                 except Exception:
                     log.exception("could not give back %d jobs; their leases will expire", len(msgs))
             for slot in self._slots:
@@ -261,11 +274,15 @@ class Worker:
             for run in self._backlog:
                 self._add(Outcome.of(run, RELEASE))
             self._backlog = []
+            self._settle_batch(wait=True)
             self._flush_safely()
+            self._settle_batch(wait=True)
             for slot in self._slots:
                 slot.close()
             if scheduler is not None:
                 scheduler.stop()
+            if self._purging is not None:
+                self._purging.join()
             try:
                 self._store.worker_gone(self._host, os.getpid())
             except Exception:
@@ -294,7 +311,7 @@ class Worker:
                 run = slot.job
                 if run is not None and run.deadline is not None:
                     timeout = min(timeout, run.deadline - now)
-            if self._flush_due is not None:
+            if self._flush_due is not None and self._writing is None:   # else its end wakes the loop
                 timeout = min(timeout, self._flush_due - now)
             for at in self._respawn_at.values():
                 timeout = min(timeout, at - now)
@@ -308,6 +325,9 @@ class Worker:
                 else:
                     self._on_readable(key.data)
             now = time.monotonic()
+            writing = self._writing
+            if writing is not None and (writing.future is None or writing.future.done()):
+                self._settle_batch()
             for slot in self._slots:
                 run = slot.job
                 if run is not None and run.deadline is not None and now >= run.deadline:
@@ -327,7 +347,7 @@ class Worker:
                 self._place_backlog()
             if self._flush_due is None and any(s.job is not None and not s.job.written for s in self._slots):
                 self._flush_due = now + FLUSH_DELAY
-            if self._flush_due is not None and now >= self._flush_due:
+            if self._flush_due is not None and now >= self._flush_due and self._writing is None:
                 self._flush_safely()
             if now >= next_beat:
                 self._beat()
@@ -342,7 +362,7 @@ class Worker:
                 if busy and (self._hard or (self.grace is not None and now - self._stop_at >= self.grace)):
                     for s in busy:
                         s.kill("shutdown")
-                if not busy and not self._pending:
+                if not busy and not self._pending and self._writing is None:
                     return
 
     def _add(self, outcome: Outcome) -> None:
@@ -369,6 +389,8 @@ class Worker:
             took = now - run.started
             est = self._runtime.get(name)
             self._runtime[name] = took if est is None else est + _EWMA * (took - est)
+            typ = self._typical
+            self._typical = took if typ is None else typ + _EWMA * (took - typ)
             self._add(Outcome.of(run, kind, data, code))
             if kind == P.OOM:
                 slot.state = DEAD               # after an OOM the child exits; EOF follows
@@ -458,32 +480,26 @@ class Worker:
             self._place_backlog()
 
     def _lease_polling(self) -> None:
-        """_lease() for a topic without a wake-up word: take what the
-        waiter's poll got, poll without waiting for the rest of the room; when
-        the queue is empty, have the waiter thread make the waiting poll."""
+        """_lease() for a topic without a wake-up word (JetStream), where a
+        poll and a read of the jobs' states each cost a round trip: the
+        waiter thread makes them, so that the loop goes on with the running
+        jobs meanwhile.  Take what it got; ask it for the room left."""
         with self._waiter_cv:
+            if self._waiting:
+                return                         # the waiter is polling (the consumer takes one poll at a time)
             got, self._prefetched = self._prefetched, []
+            rows, self._prefetched_rows = self._prefetched_rows, {}
         if got:
-            self._admit(got)                   # to the backlog, whose leases the heartbeat extends
+            self._admit(got, rows)             # to the backlog, whose leases the heartbeat extends
             self._place_backlog()
-        for _ in range(4):
-            if self._backlog:
-                return
-            room = sum(self._room(s) for s in self._slots)
-            if not room:
-                return
+        if self._backlog:
+            return
+        room = sum(self._room(s) for s in self._slots)
+        if room:
             with self._waiter_cv:
-                if self._waiting:
-                    return                     # the waiter is polling (the consumer takes one poll at a time)
-            msgs = self.consumer.poll_batch(room, timeout=0)
-            if not msgs:
-                with self._waiter_cv:
-                    self._waiting = True
-                    self._waiter_seq = 0           # "go": there is no sequence to hand over
-                    self._waiter_cv.notify()
-                return
-            self._admit(msgs)
-            self._place_backlog()
+                self._waiting = True
+                self._waiter_seq = room
+                self._waiter_cv.notify()
 
     def _estimate(self, d: JobDefinition) -> float:
         """Expected run time of a job of d: its EWMA; unknown ones count as long."""
@@ -495,6 +511,11 @@ class Worker:
         waiting in a pipe waits for the ones before it (head-of-line), so only
         jobs known to be short are queued there."""
         if slot.state == IDLE:
+            if self._jetstream and self._typical is not None:
+                # a lease costs a round trip to the cluster: where the jobs seen so far were short,
+                # take what the slot would pipeline of them (a job of a definition not known to be
+                # short still waits in the backlog for an idle slot, see _place_backlog)
+                return max(1, min(PIPELINE, int(PIPELINE_BUDGET / max(self._typical, 1e-6))))
             return 1
         if slot.state != BUSY:
             return 0
@@ -540,8 +561,9 @@ class Worker:
         self._backlog = keep
 
     def _wait_for_messages(self) -> None:
-        """The waiter thread: sleep on the sequence the loop armed (or, with
-        no wake-up word, make a waiting poll), then wake the loop."""
+        """The waiter thread: sleep on the sequence the loop armed, then wake
+        the loop; or, with no wake-up word, lease the jobs the loop asked for
+        (a poll that waits up to _POLL for the first) and read their states."""
         notify = self._notify
         while True:
             with self._waiter_cv:
@@ -552,20 +574,44 @@ class Worker:
                 seq, self._waiter_seq = self._waiter_seq, None
             assert seq is not None
             msgs: list[Any] = []
+            rows: dict[int, Optional[tuple[str, int]]] = {}
             if notify is not None:
                 notify.sleep(seq, _POLL)       # disarms; returns at once if the word moved since the arm
             else:
                 try:
-                    msgs = self.consumer.poll_batch(1, timeout=_POLL)
+                    msgs = self.consumer.poll_batch(max(1, seq), timeout=_POLL)
                 except Closed:
                     self._stopping.set()
                 except Exception:
                     log.exception("could not poll queue %r; trying again", self.queue)
                     self._stopping.wait(_POLL)
+                if msgs:
+                    rows = self._read_rows(msgs)
             with self._waiter_cv:
                 self._prefetched.extend(msgs)
+                self._prefetched_rows.update(rows)
                 self._waiting = False
             self._wake()
+
+    def _read_rows(self, msgs: list) -> dict[int, Optional[tuple[str, int]]]:
+        """The states of the jobs these messages name by id ({} if the store
+        cannot say now: the loop reads them then)."""
+        ids = []
+        for m in msgs:
+            jid_b = m.headers.get("x-job-id")
+            if jid_b is not None:
+                try:
+                    ids.append(int(jid_b, 16))
+                except ValueError:
+                    pass
+        if not ids:
+            return {}
+        try:
+            found = self._store.states(ids)
+        except Exception:
+            log.exception("could not read the states of %d jobs; the loop tries again", len(ids))
+            return {}
+        return {jid: found.get(jid) for jid in ids}
 
     def _definition(self, name: str) -> Optional[JobDefinition]:
         now = time.monotonic()
@@ -577,8 +623,10 @@ class Worker:
                 self._defs_version = version
         return self._defs.get(name)
 
-    def _admit(self, msgs: list) -> None:
-        """Decide for each leased message: run it (to the backlog), skip it, or record why not."""
+    def _admit(self, msgs: list, rows: Optional[dict[int, Optional[tuple[str, int]]]] = None) -> None:
+        """Decide for each leased message: run it (to the backlog), skip it, or
+        record why not.  rows: the states of some of their jobs, read already
+        (None: no row); the others are read here."""
         store = self._store
         items = []
         for m in msgs:
@@ -602,7 +650,10 @@ class Worker:
                 self._add(Outcome(0, m, None, m.delivery_count, SKIP))
                 continue
             items.append((m, name, jid))
-        rows = store.states([jid for _, _, jid in items])
+        known = rows or {}
+        need = [jid for _, _, jid in items if jid not in known]
+        found = store.states(need) if need else {}
+        rows = {**{jid: row for jid, row in known.items() if row is not None}, **found}
         for m, name, jid in items:
             n = m.delivery_count
             if self._jetstream:
@@ -659,6 +710,10 @@ class Worker:
             self._flush_due = time.monotonic() + 1.0
 
     def _flush(self) -> None:
+        """Write the running and final states of the pending outcomes (one
+        store batch), then settle their messages.  Where the store writes
+        remotely, the loop goes on while the batch is in flight and settles it
+        when it lands (_settle_batch); the next flush waits for that."""
         now_ns = time.time_ns()
         pid = os.getpid()
         outs = self._pending
@@ -673,21 +728,59 @@ class Worker:
             if row is not None:
                 finals.append(row)
             actions.append((action, o))
-        if running or finals:
-            self._store.write(running, finals)
-        for run in started:
-            run.written = True
+        future = self._store.write_async(running, finals) if running or finals else None
         self._pending = []
         self._flush_due = None
-        for action, o in actions:
+        self._writing = _Batch(future, started, actions, bool(finals))
+        if future is None or future.done():
+            self._settle_batch()
+        else:
+            future.add_done_callback(lambda _: self._wake())
+
+    def _settle_batch(self, wait: bool = False) -> None:
+        """Once the batch in flight is written: mark its runs written and
+        settle its messages (ack, retry, dead letter).  Its write failed: its
+        outcomes go back to the pending ones, tried again in 1 s.  wait: wait
+        for the write first (at most the broker's timeout)."""
+        batch = self._writing
+        if batch is None:
+            return
+        future = batch.future
+        if future is not None:
+            if not future.done():
+                if not wait:
+                    return
+                try:
+                    future.result(getattr(self.broker, "timeout", None))
+                except BaseException:
+                    pass                       # reported below
+            error: Optional[BaseException] = None
+            if not future.done():
+                future.cancel()
+                error = TimeoutError("the job store did not answer in time")
+            elif future.cancelled():
+                error = Closed("the job store's write was cancelled")
+            else:
+                error = future.exception()
+            if error is not None:
+                self._writing = None
+                log.error("could not record %d job outcomes; retrying in 1 s", len(batch.actions),
+                          exc_info=error)
+                self._pending = [o for _, o in batch.actions] + self._pending
+                self._flush_due = time.monotonic() + 1.0
+                return
+        self._writing = None
+        for run in batch.started:
+            run.written = True
+        for action, o in batch.actions:
             try:
                 action(o)
             except (LeaseLost, Closed):
                 pass                            # it went to another worker, which settles it
             except PyQueueError:
                 log.exception("job %016x: could not settle its message", o.jid)
-        self.done += len(outs)
-        if finals:
+        self.done += len(batch.actions)
+        if batch.finals:
             self._store.wake()
 
     def _settle(self, o: Outcome, pid: int) -> tuple[Optional[tuple], Any]:
@@ -756,12 +849,23 @@ class Worker:
                     log.warning("job %016x: its lease expired while it ran; another worker may run it too", run.jid)
                     run.extended = now
         self._beat_store(len(busy))
-        if now - self._purged >= PURGE_PERIOD:
+        if now - self._purged >= PURGE_PERIOD and (self._purging is None or not self._purging.is_alive()):
             self._purged = now
-            try:
-                self._store.purge(self.jobs.keep, now_ns)
-            except Exception:
-                log.exception("could not remove old jobs")
+            if self._jetstream:
+                # a retention pass reads every job record there: on a thread of its own, not the loop's
+                self._purging = threading.Thread(target=self._purge, args=(now_ns,), name="pyqueue-jobs-purge",
+                                                 daemon=True)
+                self._purging.start()
+            else:
+                self._purge(now_ns)
+
+    def _purge(self, now_ns: int) -> None:
+        try:
+            self._store.purge(self.jobs.keep, now_ns)
+        except Closed:
+            pass
+        except Exception:
+            log.exception("could not remove old jobs")
 
     def _beat_store(self, running: int = 0) -> None:
         try:
@@ -769,6 +873,21 @@ class Worker:
                                     time.time_ns(), running, self.done)
         except Exception:
             log.exception("heartbeat: could not reach the job store")
+
+
+class _Batch:
+    """A flush: its store write (None: nothing to write), the runs whose
+    running state it writes, and what to do with each outcome's message once
+    it is written."""
+
+    __slots__ = ("future", "started", "actions", "finals")
+
+    def __init__(self, future: "Optional[concurrent.futures.Future[None]]", started: list[Run],
+                 actions: list[tuple[Any, Outcome]], finals: bool) -> None:
+        self.future = future
+        self.started = started
+        self.actions = actions
+        self.finals = finals
 
 
 def _ack(o: Outcome) -> None:

@@ -165,6 +165,34 @@ def test_definitions_and_states_are_seen_by_another_handle(broker, reopen):
     assert jobs.status(jid).state == "cancelled"
 
 
+def test_a_cancel_racing_a_workers_writes_resolves_one_way(broker, reopen):
+    """At the store: a worker has read its jobs (on JetStream it remembers
+    their revisions and writes over them without a read); a cancel from
+    another handle lands before its writes, or after them."""
+    from pyqueue.jobs.status import format_id, parse_id
+    jobs = broker.jobs()
+    jobs.define("add", target="jobs_targets:add")
+    store = jobs._store.for_worker()
+    other = reopen().jobs()
+    first, second, third = (parse_id(jobs.submit("add", i, i)) for i in range(3))
+    assert store.states([first, second, third]) == {j: ("queued", 0) for j in (first, second, third)}
+    now = time.time_ns()
+    store.write([(1, now, os.getpid(), now, first), (1, now, os.getpid(), now, second)], [])
+    assert other.cancel(format_id(first)) is True                      # lands before the final write
+    assert store.heartbeat([first, second], time.time_ns()) == {first}
+    done = [("succeeded", 1, now, time.time_ns(), b"2", None, None, os.getpid(), j) for j in (first, second)]
+    store.write([], done)
+    st = jobs.status(format_id(first))
+    assert (st.state, st.error, st.result) == ("cancelled", "Cancelled: cancelled by cancel() while running", None)
+    assert jobs.status(format_id(second)).state == "succeeded"
+    assert other.cancel(format_id(second)) is False                    # lands after it: ended already
+    assert jobs.result(format_id(second), timeout=5) == 2
+    assert other.cancel(format_id(third)) is True                      # a queued job, read by the worker before
+    store.write([(1, now, os.getpid(), now, third)], [])
+    assert jobs.status(format_id(third)).state == "cancelled"
+    assert jobs.counts() == {"cancelled": 2, "succeeded": 1}
+
+
 def test_a_worker_sigkilled_mid_job_the_job_comes_back_and_completes(backend, broker, children, tmp_path):
     marker = str(tmp_path / "marker")
     jobs = broker.jobs()

@@ -76,6 +76,31 @@ def test_at_fires_once_and_removed_schedules_stop(broker):
     assert s.info("once")["fires"] == 1 and s.info("once")["next_fire"] is None
 
 
+def test_many_schedules_due_at_once_each_fire_once(broker):
+    """More than one batch of fires (JetStream fires a batch concurrently),
+    some of them on a topic that is gone, some of them coalesced."""
+    t = broker.topic("health", partitions=3)
+    broker.topic("gone")
+    clock = Clock(T0)
+    s = broker.scheduler(clock=clock, misfire_grace=10)
+    s.add_many([dict(id=f"s{i}", topic="health", value=b"x", at=datetime.fromtimestamp(T0 + 1, timezone.utc))
+                for i in range(300)])
+    s.add_many([dict(id=f"e{i}", topic="health", value=b"y", every=1.0) for i in range(20)])
+    s.add("lost", topic="gone", value=b"z", at=datetime.fromtimestamp(T0 + 1, timezone.utc))
+    broker.delete_topic("gone")
+    clock.t += 3.5
+    assert s.run_pending() == 300 + 20 * 3         # every=1 on time: fires at +1, +2, +3
+    clock.t += 60
+    assert s.run_pending() == 20 * 11              # past the grace: one fire standing for 50, then 10 on time
+    assert s.run_pending() == 0
+    msgs = [m for p in range(3) for m in t.read(p, 0, 1000)]
+    fires = sorted((m.headers["x-schedule-id"], m.headers["x-scheduled-for"]) for m in msgs)
+    assert len(fires) == len(set(fires)) == 300 + 20 * 14
+    assert sum(1 for m in msgs if m.headers.get("x-coalesced") == b"50") == 20
+    assert all(s.info(f"s{i}")["fires"] == 1 for i in (0, 150, 299))
+    assert s.info("e7")["fires"] == 14 and s.info("lost")["next_fire"] is None
+
+
 def test_cron_in_a_time_zone_matches_croniter(broker):
     broker.topic("health")
     tz = ZoneInfo("Europe/Paris")
