@@ -2,9 +2,10 @@
 engine, on the same workloads, in one run:
 
     produce-1      one message per call: pyqueue send() (JetStream; also
-                   on a topic with max_depth, far from full (2^40) and
-                   with max_depth = n + 2: past half full from mid-run, so
-                   the view is refreshed whenever it is 0.5 s old) /
+                   on a topic with max_depth: far from full (2^40), and
+                   filling (max_depth = n + 2: the run takes it from
+                   empty to nearly full, the view is read about log2(n)
+                   times) /
                    `await js.publish()` (nats-py) / the same publish from
                    synchronous code through run_coroutine_threadsafe
                    (nats-py-from-sync) / pyqueue send() through the broker's
@@ -290,7 +291,7 @@ def main() -> None:
         "produce-1/pyqueue-jetstream": ("produce-1", n_one, lambda: pq_produce_one(broker, vals[:n_one])),
         "produce-1/pyqueue-jetstream-max-depth": ("produce-1", n_one,
                                                   lambda: pq_produce_one(broker, vals[:n_one], 1 << 40)),
-        "produce-1/pyqueue-jetstream-max-depth-past-half": (
+        "produce-1/pyqueue-jetstream-max-depth-filling": (
             "produce-1", n_one, lambda: pq_produce_one(broker, vals[:n_one], n_one + 2)),
         "produce-1/pyqueue-jetstream-bridged": ("produce-1", n_one,
                                                 lambda: pq_produce_one(bridged, vals[:n_one])),

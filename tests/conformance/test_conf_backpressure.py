@@ -187,3 +187,22 @@ def test_max_depth_is_part_of_the_stored_configuration(broker, reopen):
         other.topic("bp", max_depth=6)
     with pytest.raises(pyqueue.ConfigError):
         other.topic("zero", max_depth=0)
+
+
+def test_jetstream_sends_far_from_full_read_nothing_more(backend, broker):
+    if backend.name != "jetstream":
+        pytest.skip("the cached view of the depth is the JetStream backend's (embedded reads shared memory)")
+    t = broker.topic("far", max_depth=1000)
+    t.send(b"first")                     # reads the figures once
+    bp = t._backpressure
+    before = bp.refreshes
+    for _ in range(100):
+        t.send(b"x")
+    assert bp.refreshes == before        # no round trip of the depth check per send
+    assert bp.depth() == t.stats()["depth"] == 101
+    u = broker.topic("fill", max_depth=64)
+    for _ in range(64):
+        u.send(b"x", timeout=0)
+    assert u._backpressure.refreshes <= 12   # from empty to full: about log2(64) looks
+    with pytest.raises(pyqueue.QueueFull):
+        u.send(b"x", timeout=0)
