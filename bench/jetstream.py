@@ -339,6 +339,16 @@ def main() -> None:
                                 "time_vs_nats_py_quartiles": [q1, q3]}
         note = "" if impl == "nats-py" else f"{ratio:>9.2f}x ({q1:.2f}-{q3:.2f})"
         print(f"{work:<15}{impl:<30}{n:>7}{n / med:>12,.0f}{note}")
+    plain = times.get("produce-1/pyqueue-jetstream")
+    for key in rows:
+        if "max-depth" in key and plain:
+            paired = sorted(a / b for a, b in zip(times[key], plain))
+            ratio = statistics.median(paired)
+            q1, q3 = (statistics.quantiles(paired, n=4)[0::2] if len(paired) > 1 else (ratio, ratio))
+            results["rows"][key]["time_vs_pyqueue_without_max_depth"] = ratio
+            results["rows"][key]["time_vs_pyqueue_without_max_depth_quartiles"] = [q1, q3]
+            print(f"{key.split('/', 1)[1]}: time vs pyqueue-jetstream without max_depth, paired per round: "
+                  f"{ratio:.3f}x ({q1:.3f}-{q3:.3f})")
     for depth, counts in sorted(REFRESHES.items()):
         results.setdefault("max_depth_refreshes", {})[str(depth)] = counts
         print(f"max_depth={depth}: depth refreshes while timed, per round: {counts}")
