@@ -14,6 +14,10 @@ first sequence.  Without one, only failures that prove nothing was stored
 (no responder) are retried; a timeout raises Unavailable, since a retry
 could store the message twice.
 
+With max_depth set, send() first waits for room (QueueFull after its
+timeout), from a view of the depth kept without a round trip per send:
+see backpressure.py.
+
 send_batch() pipelines its publishes on one connection, so they are stored
 in order; it is not atomic (JetStream's atomic batches need nats-server
 2.12): another producer's messages may interleave, so the offsets are a
