@@ -1,7 +1,11 @@
 """The JetStream backend beside nats-py used directly and beside the embedded
 engine, on the same workloads, in one run:
 
-    produce-1      one message per call: pyqueue send() (JetStream) /
+    produce-1      one message per call: pyqueue send() (JetStream; also
+                   on a topic with max_depth: far from full (2^40), and
+                   filling (max_depth = n + 2: the run takes it from
+                   empty to nearly full, the view is read about log2(n)
+                   times) /
                    `await js.publish()` (nats-py) / the same publish from
                    synchronous code through run_coroutine_threadsafe
                    (nats-py-from-sync) / pyqueue send() through the broker's
@@ -40,7 +44,7 @@ import statistics
 import sys
 import tempfile
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -60,13 +64,22 @@ def values(n: int, size: int) -> list[bytes]:
 
 # -- pyqueue on JetStream --
 
-def pq_produce_one(broker: Any, vals: list[bytes]) -> float:
-    t = broker.topic(f"p1x{next(_serial)}")
+REFRESHES: dict[int, list[int]] = {}
+
+
+def pq_produce_one(broker: Any, vals: list[bytes], max_depth: Optional[int] = None) -> float:
+    """max_depth: the topic's (None: none).  The warm-up send makes the
+    first depth refresh; the refreshes made while timed are recorded."""
+    t = broker.topic(f"p1x{next(_serial)}", max_depth=max_depth)
     t.send(b"warm-up")                   # connects this thread's sender the first time
+    before = t._backpressure.refreshes if max_depth else 0
     start = time.perf_counter()
     for v in vals:
         t.send(v)
-    return time.perf_counter() - start
+    elapsed = time.perf_counter() - start
+    if max_depth:
+        REFRESHES.setdefault(max_depth, []).append(t._backpressure.refreshes - before)
+    return elapsed
 
 
 def pq_produce_batch(broker: Any, vals: list[bytes], batch: int) -> float:
@@ -276,6 +289,10 @@ def main() -> None:
     n_one = max(100, args.n // 20)       # a round trip per message: fewer of them, more rounds
     rows: dict[str, tuple[str, int, Callable[[], float]]] = {
         "produce-1/pyqueue-jetstream": ("produce-1", n_one, lambda: pq_produce_one(broker, vals[:n_one])),
+        "produce-1/pyqueue-jetstream-max-depth": ("produce-1", n_one,
+                                                  lambda: pq_produce_one(broker, vals[:n_one], 1 << 40)),
+        "produce-1/pyqueue-jetstream-max-depth-filling": (
+            "produce-1", n_one, lambda: pq_produce_one(broker, vals[:n_one], n_one + 2)),
         "produce-1/pyqueue-jetstream-bridged": ("produce-1", n_one,
                                                 lambda: pq_produce_one(bridged, vals[:n_one])),
         "produce-1/nats-py": ("produce-1", n_one, lambda: raw_produce_one(raw, vals[:n_one], replicas)),
@@ -322,6 +339,19 @@ def main() -> None:
                                 "time_vs_nats_py_quartiles": [q1, q3]}
         note = "" if impl == "nats-py" else f"{ratio:>9.2f}x ({q1:.2f}-{q3:.2f})"
         print(f"{work:<15}{impl:<30}{n:>7}{n / med:>12,.0f}{note}")
+    plain = times.get("produce-1/pyqueue-jetstream")
+    for key in rows:
+        if "max-depth" in key and plain:
+            paired = sorted(a / b for a, b in zip(times[key], plain))
+            ratio = statistics.median(paired)
+            q1, q3 = (statistics.quantiles(paired, n=4)[0::2] if len(paired) > 1 else (ratio, ratio))
+            results["rows"][key]["time_vs_pyqueue_without_max_depth"] = ratio
+            results["rows"][key]["time_vs_pyqueue_without_max_depth_quartiles"] = [q1, q3]
+            print(f"{key.split('/', 1)[1]}: time vs pyqueue-jetstream without max_depth, paired per round: "
+                  f"{ratio:.3f}x ({q1:.3f}-{q3:.3f})")
+    for depth, counts in sorted(REFRESHES.items()):
+        results.setdefault("max_depth_refreshes", {})[str(depth)] = counts
+        print(f"max_depth={depth}: depth refreshes while timed, per round: {counts}")
     through = statistics.median(b[0] for b in bridge)
     on_loop = statistics.median(b[1] for b in bridge)
     results["bridge"] = {"sync_call_s": through, "await_on_loop_s": on_loop}

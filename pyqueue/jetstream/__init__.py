@@ -17,6 +17,7 @@ newer with JetStream.  The modules, one concept each:
     ownership.py       stream mode's membership, generations and commits (KV CAS)
     group_state.py     a group's stored mode and settings; deletion
     stats.py           Topic.stats(): the embedded engine's keys, from the server
+    backpressure.py    max_depth: a cached view of the depth, waiting for room
     scheduler.py       the durable scheduler: schedules and progress in KV
     lease.py           one holder at a time of a KV key (the active scheduler)
     job_store.py       jobs: definitions, job states and workers in KV (broker.jobs())

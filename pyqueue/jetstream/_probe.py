@@ -7,7 +7,7 @@ import json
 import socket
 import time
 
-__all__ = ["jetstream_ready"]
+__all__ = ["jetstream_ready", "jetstream_request"]
 
 
 def _complete(buf: bytes) -> bytes:
@@ -27,6 +27,17 @@ def jetstream_ready(port: int, jetstream: bool = True, timeout: float = 1.0) -> 
     """True if the server on 127.0.0.1:`port` accepts a client and (with
     `jetstream`) answers $JS.API.INFO without an error: the meta group has a
     leader.  Never raises; False on any failure or after `timeout` seconds."""
+    if not jetstream:
+        return jetstream_request(port, None, b"", timeout) is not None
+    reply = jetstream_request(port, "$JS.API.INFO", b"", timeout)
+    return reply is not None and "error" not in reply
+
+
+def jetstream_request(port: int, subject: "str | None", payload: bytes, timeout: float = 1.0) -> "dict | None":
+    """One request to the server on 127.0.0.1:`port`: its JSON answer, or
+    None on any failure (no answer, no responders, `timeout` seconds
+    passed).  subject None: only a PING (the answer is {} if it PONGs).
+    Never raises."""
     deadline = time.monotonic() + max(0.05, timeout)
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=max(0.05, timeout)) as s:
@@ -48,14 +59,15 @@ def jetstream_ready(port: int, jetstream: bool = True, timeout: float = 1.0) -> 
             read_until(lambda b: b"\r\n" in b)          # INFO {...}
             buf = b""
             s.sendall(b'CONNECT {"verbose":false,"pedantic":false,"headers":true,"no_responders":true}\r\n')
-            if not jetstream:
+            if subject is None:
                 s.sendall(b"PING\r\n")
-                return b"PONG" in read_until(lambda b: b"PONG" in b or b"-ERR" in b)
-            s.sendall(b"SUB _PQ_PROBE.r 1\r\nPUB $JS.API.INFO _PQ_PROBE.r 0\r\n\r\n")
+                return {} if b"PONG" in read_until(lambda b: b"PONG" in b or b"-ERR" in b) else None
+            s.sendall(b"SUB _PQ_PROBE.r 1\r\nPUB " + subject.encode() + b" _PQ_PROBE.r "
+                      + str(len(payload)).encode() + b"\r\n" + payload + b"\r\n")
             data = read_until(lambda b: b"-ERR" in b or _complete(b))
             if b"-ERR" in data or b"HMSG " in data:   # a status reply: no responders
-                return False
+                return None
             reply = json.loads(_complete(data))
-            return "error" not in reply
+            return reply if isinstance(reply, dict) else None
     except (OSError, ValueError, TimeoutError):
-        return False
+        return None

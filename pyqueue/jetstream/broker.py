@@ -204,20 +204,18 @@ class JetStreamBroker:
         partition), or open it with its stored configuration.  Options given
         explicitly must match the stored ones (else ConfigError).
 
-        max_depth (backpressure) is not provided: Unsupported.  segment_bytes
-        and dedup_capacity are recorded and checked but have no effect:
-        JetStream sizes its own blocks and its dedup table has no capacity."""
+        max_depth: sends wait while the topic holds that many unfinished
+        messages, counted in pyqueue's layer (backpressure.py: approximate
+        across processes).  segment_bytes and dedup_capacity are recorded
+        and checked but have no effect: JetStream sizes its own blocks and
+        its dedup table has no capacity."""
         from pyqueue.jetstream.topic import JetStreamTopic
         validate_name(name)
-        if max_depth is not None:
-            raise Unsupported("max_depth (backpressure on send) is not provided by the JetStream backend: "
-                              "JetStream's max_msgs/max_bytes limits discard or reject by stream size, "
-                              "not by what a consumer group has left to read")
         if replicas is not None and (type(replicas) is not int or not 1 <= replicas <= 5):
             raise ConfigError(f"replicas={replicas!r} must be an int in 1..5")
         requested = {"partitions": partitions, "segment_bytes": segment_bytes,
                      "retention_bytes": retention_bytes, "retention_seconds": retention_seconds,
-                     "max_message_bytes": max_message_bytes, "max_depth": None,
+                     "max_message_bytes": max_message_bytes, "max_depth": max_depth,
                      "dedup_window": dedup_window, "dedup_capacity": dedup_capacity}
         with self._lock:
             self._check_open()

@@ -18,6 +18,7 @@ the last writes.  On a server that knows the option, pass
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -146,6 +147,33 @@ class LocalCluster:
                     raise RuntimeError(f"nats-server {self.name(i)} not ready within {timeout} s; "
                                        f"see {self.log_path(i)}")
                 time.sleep(0.05)   # bounded readiness loop: the server has no event to wait on
+        if self.jetstream and self.size > 1 and nodes is None:
+            self._wait_placement(deadline, timeout)
+
+    def _wait_placement(self, deadline: float, timeout: float) -> None:
+        """Wait until the meta leader can place a stream on every node: just
+        after its election it may not know the others' JetStream yet, and
+        creating a replicated stream fails with "no suitable peers for
+        placement".  Probed by creating (and deleting) a stream of `size`
+        replicas in memory."""
+        from pyqueue.jetstream._probe import jetstream_request
+        name = "pyqueue_ready_probe"
+        config = json.dumps({"name": name, "subjects": ["_pq_ready_probe"], "storage": "memory",
+                             "num_replicas": self.size}).encode()
+        last: object = None
+        while True:
+            left = deadline - time.monotonic()
+            reply = jetstream_request(self.client_ports[0], f"$JS.API.STREAM.CREATE.{name}", config,
+                                      max(0.05, min(2.0, left)))
+            if reply is not None and ("error" not in reply or reply["error"].get("err_code") == 10058):
+                jetstream_request(self.client_ports[0], f"$JS.API.STREAM.DELETE.{name}", b"",
+                                  max(0.05, min(2.0, deadline - time.monotonic())))
+                return
+            last = reply
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"the JetStream cluster cannot place a stream of {self.size} replicas "
+                                   f"within {timeout} s (last answer: {last}); see {self.log_path(0)}")
+            time.sleep(0.1)    # bounded readiness loop, as above
 
     def meta_leader(self) -> Optional[int]:
         """The node leading the JetStream meta group (which creates and

@@ -61,7 +61,7 @@ if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
     from pyqueue.jetstream.topic import JetStreamTopic
 
-__all__ = ["topic_stats", "count_dead_letter", "dead_letters_key"]
+__all__ = ["topic_stats", "count_dead_letter", "dead_letters_key", "queue_committed"]
 
 
 def dead_letters_key(names: Names, topic: str, group: str, partition: int) -> str:
@@ -126,11 +126,17 @@ async def _queue_partition(topic: "JetStreamTopic", group: str, p: int, part: di
     else:
         in_flight = int(info.get("num_ack_pending", 0))
         lag = int(info.get("num_pending", 0)) + in_flight
-        committed = min(end, max(start, _first_unacked(info, start, in_flight)))
+        committed = queue_committed(info, start, end)
     oldest = await _timestamp(topic, p, committed) if lag and committed < end else None
     return {"committed": committed, "lag": lag, "in_flight": in_flight, "delayed": None,
             "dead_letters": await _dead_letters(broker, topic.name, group, p),
             "oldest_unacked_age": None, "_oldest_ns": oldest, "damaged": None}
+
+
+def queue_committed(info: dict[str, Any], start: int, end: int) -> int:
+    """A queue group's committed position on a partition (start..end), from
+    its durable consumer's info (what depth and max_depth count from)."""
+    return min(end, max(start, _first_unacked(info, start, int(info.get("num_ack_pending", 0)))))
 
 
 def _first_unacked(info: dict[str, Any], start: int, in_flight: int) -> int:

@@ -14,6 +14,10 @@ first sequence.  Without one, only failures that prove nothing was stored
 (no responder) are retried; a timeout raises Unavailable, since a retry
 could store the message twice.
 
+With max_depth set, send() first waits for room (QueueFull after its
+timeout), from a view of the depth kept without a round trip per send:
+see backpressure.py.
+
 send_batch() pipelines its publishes on one connection, so they are stored
 in order; it is not atomic (JetStream's atomic batches need nats-server
 2.12): another producer's messages may interleave, so the offsets are a
@@ -44,6 +48,7 @@ from pyqueue.errors import (Closed, ConfigError, MessageTooLarge, OffsetOutOfRan
                             PyQueueError, UnknownTopic)
 from pyqueue.jetstream.client import (ERR_MSG_TOO_LARGE, ERR_NO_MESSAGE, ERR_STREAM_NOT_FOUND, ApiError,
                                       backoff, describe, is_transient)
+from pyqueue.jetstream.backpressure import JsBackpressure
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.message import JsMessage, from_nats_headers, to_nats_headers
 from pyqueue.policy import redrive_dead_letters
@@ -71,6 +76,7 @@ class JetStreamTopic:
         self._streams = [broker.names.stream(name, p) for p in range(config.partitions)]
         self._subjects = [broker.names.subject(name, p) for p in range(config.partitions)]
         self._closed = False
+        self._backpressure: Optional[JsBackpressure] = JsBackpressure(self) if config.max_depth else None
 
     @property
     def partitions(self) -> int:
@@ -121,8 +127,10 @@ class JetStreamTopic:
         stream's quorum stored it.  dedup_id: a repeat within the topic's
         dedup_window stores nothing and returns the first receipt (and makes
         the send safe to retry through failures).  timeout: how long to keep
-        retrying (default: the broker's timeout).  delay: seconds during which
-        queue-mode consumers do not see it (stream mode ignores it; see
+        retrying (default: the broker's timeout); with max_depth set, first
+        how long to wait for room before QueueFull (None: as long as it
+        takes; see backpressure.py).  delay: seconds during which queue-mode
+        consumers do not see it (stream mode ignores it; see
         queue_consumer.py)."""
         self._check_open()
         deliver_at = None
@@ -146,10 +154,16 @@ class JetStreamTopic:
             self._check_partition(partition)
         self._size_check(value, key, headers)
         nh = to_nats_headers(key, headers, msg_id, deliver_at)
+        bp = self._backpressure
+        if bp is not None:
+            bp.room(timeout)      # before the publish, as embedded: a dedup_id repeat waits too
         deadline = self._broker._deadline(timeout)
         safe = msg_id is not None
         ack = self._broker._send(lambda client: self._publish(client, partition, value, nh, deadline, safe))
-        return Receipt(self.name, partition, int(ack["seq"]) - 1)
+        seq = int(ack["seq"])
+        if bp is not None:
+            bp.sent(partition, seq)
+        return Receipt(self.name, partition, seq - 1)
 
     async def _publish(self, client: Any, partition: int, value: bytes, headers: Optional[dict[str, str]],
                        deadline: float, safe: bool) -> dict:
@@ -211,7 +225,8 @@ class JetStreamTopic:
                    partition: Optional[int] = None) -> BatchReceipt:
         """Publish many messages to one partition, pipelined; BatchReceipt
         with their offsets (a range when dense).  Not atomic: see the module
-        docstring."""
+        docstring.  max_depth does not hold a batch back (as on the embedded
+        engine)."""
         self._check_open()
         if partition is None:
             partition = self.partition_for(key)
@@ -230,6 +245,8 @@ class JetStreamTopic:
         nh = to_nats_headers(key, headers)
         deadline = self._broker._deadline()
         seqs = self._broker._send(lambda client: self._publish_many(client, partition, rows, nh, deadline))
+        if self._backpressure is not None:
+            self._backpressure.sent(partition, max(seqs))   # not held back (as embedded), but counted
         offsets = [s - 1 for s in seqs]
         dense = offsets == list(range(offsets[0], offsets[0] + len(offsets)))
         return BatchReceipt(self.name, partition,

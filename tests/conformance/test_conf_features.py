@@ -11,7 +11,6 @@ import pyqueue
 BACKEND_FEATURES = {
     # feature: (what to call, the word the error must contain)
     "ordered": (lambda b: b.topic("t").consumer("g", mode="queue", ordered=True), "ordered"),
-    "max_depth": (lambda b: b.topic("deep", max_depth=10), "max_depth"),
     "read_batch": (lambda b: b.topic("t").read_batch(0, 0, 10), "read_batch"),
 }
 
