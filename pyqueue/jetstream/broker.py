@@ -441,6 +441,8 @@ class JetStreamBroker:
         self._shutdown()
 
     def _shutdown(self) -> None:
+        from pyqueue.jetstream.aio import shutdown
+        shutdown(self)
         if self._direct is not None:
             self._direct.close()
         client = getattr(self, "client", None)

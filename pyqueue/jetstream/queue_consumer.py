@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Optional
 
 from pyqueue.consumer import STARTS, positive
 from pyqueue.errors import Closed, ConfigError, LeaseLost, OffsetOutOfRange
+from pyqueue.jetstream.aio import AsyncConsumer
 from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 from pyqueue.jetstream.group_state import ensure_group
@@ -132,7 +133,7 @@ class LeaseTable:
                 del self._latest[(partition, offset)]
 
 
-class JsQueueConsumer:
+class JsQueueConsumer(AsyncConsumer):
     """SQS-style member on JetStream.  Options as the embedded QueueConsumer:
     visibility_timeout, max_in_flight, start, auto_ack, session_timeout
     (accepted, unused: leases end by AckWait), max_deliveries, backoff,
@@ -477,6 +478,13 @@ class JsQueueConsumer:
         the same)."""
         self._finish(m, "nack")
         self._send(m, b"-NAK")
+
+    def _unread(self, msgs: list[JsMessage]) -> None:
+        for m in msgs:
+            try:
+                self._give_back(m)
+            except (LeaseLost, Closed):
+                pass                      # acked meanwhile, or closing: close() returns the rest
 
     # -- positions --
 

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from pyqueue.consumer import STARTS, positive
 from pyqueue.errors import Closed, ConfigError, OffsetOutOfRange, PartitionOutOfRange, PyQueueError
+from pyqueue.jetstream.aio import AsyncConsumer
 from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError, backoff, is_transient
 from pyqueue.jetstream.errors import Unavailable
 from pyqueue.jetstream.group_state import ensure_group
@@ -94,7 +95,7 @@ class _Owned:
         self.holes.clear()
 
 
-class JsStreamConsumer:
+class JsStreamConsumer(AsyncConsumer):
     """Kafka-style member on JetStream.  Options: start, auto_ack,
     auto_commit_interval (seconds, 0 = only explicit commits), session_timeout."""
 
@@ -465,6 +466,21 @@ class JsStreamConsumer:
                 return
             if m is not None:
                 yield m
+
+    def _unread(self, msgs: list[JsMessage]) -> None:
+        with self._lock:
+            if not self._closed:
+                self._broker._run(self._aunread(msgs))
+
+    async def _aunread(self, msgs: list[JsMessage]) -> None:
+        """Put messages back in front of the buffer, in order, and the
+        positions of their partitions back to them."""
+        for m in reversed(msgs):
+            o = self._owned.get(m.partition)
+            if o is None:
+                continue                  # released meanwhile: its new owner reads it
+            o.position = min(o.position, m.offset)
+            self._puller.buffer.appendleft(m)
 
     # -- acks and commits --
 

@@ -165,6 +165,17 @@ class JetStreamTopic:
             bp.sent(partition, seq)
         return Receipt(self.name, partition, seq - 1)
 
+    async def asend(self, value: bytes, key: Optional[bytes] = None, *,
+                    headers: Optional[dict[str, bytes]] = None, partition: Optional[int] = None,
+                    delay: Optional[float] = None, dedup_id: "str | bytes | None" = None,
+                    timeout: Optional[float] = None) -> Receipt:
+        """send() for asyncio: the same arguments and result; the event loop
+        keeps running (the send runs on a thread of the broker's pool).  A
+        cancelled asend may still have sent: give it a dedup_id."""
+        from pyqueue.jetstream.aio import asend
+        return await asend(self, value=value, key=key, headers=headers, partition=partition, delay=delay,
+                           dedup_id=dedup_id, timeout=timeout)
+
     async def _publish(self, client: Any, partition: int, value: bytes, headers: Optional[dict[str, str]],
                        deadline: float, safe: bool) -> dict:
         """Publish on `client` and wait for the stream's ack; retried while it is safe."""
