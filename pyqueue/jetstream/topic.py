@@ -32,6 +32,7 @@ time gives the first sequence.
 
 from __future__ import annotations
 
+import array
 import asyncio
 import base64
 import calendar
@@ -49,9 +50,10 @@ from pyqueue.errors import (Closed, ConfigError, MessageTooLarge, OffsetOutOfRan
 from pyqueue.jetstream.client import (ERR_MSG_TOO_LARGE, ERR_NO_MESSAGE, ERR_STREAM_NOT_FOUND, ApiError,
                                       backoff, describe, is_transient)
 from pyqueue.jetstream.backpressure import JsBackpressure
-from pyqueue.jetstream.errors import Unavailable, Unsupported
+from pyqueue.jetstream.errors import Unavailable
 from pyqueue.jetstream.message import JsMessage, from_nats_headers, to_nats_headers
 from pyqueue.policy import redrive_dead_letters
+from pyqueue.record_batch import RecordBatch
 from pyqueue.topic import MAX_DEDUP_ID, MAX_DELAY, BatchReceipt
 
 if TYPE_CHECKING:
@@ -349,9 +351,20 @@ class JetStreamTopic:
         return JsMessage(self.name, partition, int(raw["seq"]) - 1, parse_time_ns(raw["time"]),
                          key, value, headers)
 
-    def read_batch(self, partition: int, offset: int, n: int) -> Any:
-        raise Unsupported("read_batch (zero-copy reads of mapped segments) is the embedded engine's; "
-                          "use read() on the JetStream backend")
+    def read_batch(self, partition: int, offset: int, n: int) -> RecordBatch:
+        """Up to n records from `offset` as a RecordBatch (one buffer of the
+        values, numpy arrays of offsets, positions, lengths and timestamps).
+        The embedded engine's is a view of its mapped segments; here the
+        values are read (as read() does) and packed into one buffer: a copy."""
+        msgs = self.read(partition, offset, n)
+        lengths = array.array("I", (len(m.value) for m in msgs))
+        positions = array.array("I", itertools.accumulate(lengths, initial=0))[:len(msgs)]
+        if len(msgs) and positions[-1] + lengths[-1] >= 1 << 32:
+            raise PyQueueError(f"read_batch of {len(msgs)} records: more than 4 GiB of values; ask for fewer")
+        raw = (memoryview(b"".join(m.value for m in msgs)).toreadonly(),
+               array.array("Q", (m.offset for m in msgs)).tobytes(), positions.tobytes(), lengths.tobytes(),
+               array.array("q", (m.timestamp_ns for m in msgs)).tobytes())
+        return RecordBatch(self.name, partition, raw)
 
     def offsets(self, partition: int) -> tuple[int, int]:
         """(first retained offset, next offset to be written)."""

@@ -34,7 +34,6 @@ UNSUPPORTED: dict[str, dict[str, str]] = {
     "embedded": {},
     "jetstream": {
         "ordered": "ordered=True needs a per-key ordered work queue, which JetStream lacks",
-        "read_batch": "read_batch is zero-copy over mapped segment files, which only the embedded engine has",
         "offset_window": "max_in_flight is a count of unacked messages (MaxAckPending), not a window of offsets",
         "instant_lease_return": "a dead member's leases come back after AckWait: pull consumers have no liveness",
         "cross_process_lease_lost": "an ack of a delivery redelivered to another process is accepted (the work "
