@@ -487,11 +487,13 @@ class JsJobStore:
         return _status(jid, *self._decode(key, e.value))
 
     async def _scan(self, prefix: str, visit: Callable[[str, bytes], Any], limit: Optional[int], what: str) -> None:
-        """visit(key, value) for every live key under prefix (a KV watch
-        delivering each key's last value, then a marker).  Unsupported past
-        `limit` keys; Unavailable if the watch stalls for the broker's timeout."""
-        watcher = await self._retry(lambda: self.kv.watch(prefix + ">", ignore_deletes=True),
-                                    f"scanning {prefix}>")
+        """visit(key, value) for every live key under prefix: a KV watch
+        delivering each key's last value, read up to the one after which the
+        server said nothing was pending.  (nats-py's own end-of-snapshot
+        marker can come first when the values are still on their way, which
+        would end a scan early.)  Unsupported past `limit` keys; Unavailable
+        if the watch stalls for the broker's timeout."""
+        watcher = await self._retry(lambda: self.kv.watch(prefix + ">"), f"scanning {prefix}>")
         n = 0
         try:
             while True:
@@ -501,17 +503,22 @@ class JsJobStore:
                     raise Unavailable(f"job store ({self.bucket}): {what}: the scan of {prefix}> stalled for "
                                       f"{self.broker.timeout:g} s") from None
                 if e is None:
-                    return
+                    info = await watcher._sub.consumer_info()
+                    if info.num_pending == 0 and info.delivered.consumer_seq == 0:
+                        return                # nothing under prefix
+                    continue                  # the values are on their way
                 if not hasattr(e, "key"):
                     raise Unavailable(f"job store ({self.bucket}): {what}: the scan of {prefix}> was cut off")
-                n += 1
-                if limit is not None and n > limit:
-                    raise Unsupported(
-                        f"{what} reads every job record on the JetStream backend (KV has no index) and "
-                        f"stops at {limit}: namespace {self.broker.names.ns!r} keeps more; use status() by id, "
-                        f"or keep fewer finished jobs (broker.jobs(keep=seconds))")
-                if e.value:
+                if e.value and e.operation not in ("DEL", "PURGE"):
+                    n += 1
+                    if limit is not None and n > limit:
+                        raise Unsupported(
+                            f"{what} reads every job record on the JetStream backend (KV has no index) and "
+                            f"stops at {limit}: namespace {self.broker.names.ns!r} keeps more; use status() by "
+                            f"id, or keep fewer finished jobs (broker.jobs(keep=seconds))")
                     visit(e.key, e.value)
+                if e.delta == 0:
+                    return
         finally:
             try:
                 await watcher.stop()
