@@ -108,7 +108,6 @@ async def depth_figures(topic: "JetStreamTopic") -> tuple[list[int], list[int]]:
 
 async def _committed(topic: "JetStreamTopic", group: str, mode: str, p: int, start: int, end: int) -> int:
     from pyqueue.jetstream.stats import queue_committed
-    import nats.js.errors
     broker = topic._broker
     if mode == "queue":
         try:
@@ -120,11 +119,10 @@ async def _committed(topic: "JetStreamTopic", group: str, mode: str, p: int, sta
                 raise
             return start            # its first member is making it: all is unread
         return queue_committed(info, start, end)
-    try:
-        entry = await broker._groups_kv.get(f"{broker.names.group_prefix(topic.name, group)}.p.{p}")
-        committed = max(start, int(json.loads(entry.value or b"{}").get("committed", start)))
-    except nats.js.errors.KeyNotFoundError:
-        committed = start
+    from pyqueue.jetstream.group_state import get_state
+    entry = await get_state(broker, f"{broker.names.group_prefix(topic.name, group)}.p.{p}",
+                            f"depth of topic {topic.name!r} (group {group!r})")
+    committed = start if entry is None else max(start, int(json.loads(entry.value or b"{}").get("committed", start)))
     return min(committed, end)
 
 

@@ -17,6 +17,7 @@ coroutines run on the broker's loop.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from typing import TYPE_CHECKING, Any
@@ -30,18 +31,36 @@ if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
     from pyqueue.jetstream.topic import JetStreamTopic
 
-__all__ = ["ensure_group", "group_names", "delete_group", "purge_topic_groups", "read_meta"]
+__all__ = ["ensure_group", "group_names", "delete_group", "purge_topic_groups", "read_meta", "get_state"]
 
 
 def meta_key(names: Names, topic: str, group: str) -> str:
     return f"{names.group_prefix(topic, group)}.meta"
 
 
-async def read_meta(broker: "JetStreamBroker", topic: str, group: str) -> "dict[str, Any] | None":
+async def get_state(broker: "JetStreamBroker", key: str, what: str) -> Any:
+    """The entry of `key` in the groups bucket, or None if it has none;
+    read again through a leader election until the broker's timeout (then
+    Unavailable naming `what`)."""
     import nats.js.errors
-    try:
-        entry = await broker._groups_kv.get(meta_key(broker.names, topic, group))
-    except nats.js.errors.KeyNotFoundError:
+    from pyqueue.jetstream.broker import _retryable, _unavailable
+    deadline = broker._deadline()
+    while True:
+        try:
+            return await broker._groups_kv.get(key)
+        except nats.js.errors.KeyNotFoundError:
+            return None
+        except Exception as e:
+            if not _retryable(e, deadline):
+                raise _unavailable(what, e) from e
+            await asyncio.sleep(0.05)
+
+
+async def read_meta(broker: "JetStreamBroker", topic: str, group: str) -> "dict[str, Any] | None":
+    """The group's meta record, or None."""
+    entry = await get_state(broker, meta_key(broker.names, topic, group),
+                            f"reading the state of group {group!r} on topic {topic!r}")
+    if entry is None:
         return None
     try:
         meta = json.loads(entry.value)
@@ -59,6 +78,7 @@ async def ensure_group(broker: "JetStreamBroker", topic: str, group: str, mode: 
     group is new.  ConfigError if it exists in another mode or with other
     settings (each named)."""
     import nats.js.errors
+    from pyqueue.jetstream.broker import _retryable, _unavailable
     deadline = broker._deadline()
     while True:
         meta = await read_meta(broker, topic, group)
@@ -71,6 +91,12 @@ async def ensure_group(broker: "JetStreamBroker", topic: str, group: str, mode: 
                 if time.monotonic() > deadline:
                     raise Unavailable(f"group {group!r} on topic {topic!r}: its state keeps changing") from None
                 continue           # created concurrently: compare with theirs
+            except Exception as e:
+                # A leader election: the create may have been stored, so read again first.
+                if not _retryable(e, deadline):
+                    raise _unavailable(f"creating the state of group {group!r} on topic {topic!r}", e) from e
+                await asyncio.sleep(0.05)
+                continue
         if meta["mode"] != mode:
             raise ConfigError(f"group {group!r} exists in {meta['mode']} mode; asked for {mode} mode")
         for k, v in settings.items():

@@ -55,6 +55,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ERR_NO_MESSAGE, ApiError, is_transient
+from pyqueue.jetstream.group_state import get_state
 from pyqueue.jetstream.naming import Names
 
 if TYPE_CHECKING:
@@ -164,14 +165,11 @@ def _first_unacked(info: dict[str, Any], start: int, in_flight: int) -> int:
 
 
 async def _stream_partition(topic: "JetStreamTopic", group: str, p: int, part: dict[str, Any]) -> dict[str, Any]:
-    import nats.js.errors
     broker = topic._broker
     start, end = part["start"], part["end"]
-    try:
-        e = await broker._groups_kv.get(f"{broker.names.group_prefix(topic.name, group)}.p.{p}")
-        committed = max(start, int(json.loads(e.value or b"{}").get("committed", start)))
-    except nats.js.errors.KeyNotFoundError:
-        committed = start
+    e = await get_state(broker, f"{broker.names.group_prefix(topic.name, group)}.p.{p}",
+                        f"stats of group {group!r} on topic {topic.name!r}")
+    committed = start if e is None else max(start, int(json.loads(e.value or b"{}").get("committed", start)))
     committed = min(committed, end)
     oldest = await _timestamp(topic, p, committed) if committed < end else None
     return {"committed": committed, "lag": end - committed, "in_flight": 0, "delayed": 0, "dead_letters": 0,
@@ -191,10 +189,9 @@ async def _timestamp(topic: "JetStreamTopic", p: int, offset: int) -> Optional[i
 
 
 async def _dead_letters(broker: "JetStreamBroker", topic: str, group: str, p: int) -> int:
-    import nats.js.errors
-    try:
-        e = await broker._groups_kv.get(dead_letters_key(broker.names, topic, group, p))
-    except nats.js.errors.KeyNotFoundError:
+    e = await get_state(broker, dead_letters_key(broker.names, topic, group, p),
+                        f"dead letters of group {group!r} on topic {topic!r}")
+    if e is None:
         return 0
     try:
         return int(json.loads(e.value or b"{}").get("n", 0))
