@@ -64,8 +64,7 @@ import time
 from typing import TYPE_CHECKING, Any, Optional
 
 from pyqueue.errors import QueueFull
-from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError, backoff, describe, is_transient
-from pyqueue.jetstream.errors import Unavailable
+from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ApiError, retry_transient
 from pyqueue.jetstream.naming import Names
 
 if TYPE_CHECKING:
@@ -167,22 +166,9 @@ class JsBackpressure:
         """Read the figures from the server into the view; its depth.
         Transient failures (a leader election) are retried until the
         broker's timeout, then Unavailable."""
-        broker = self.topic._broker
-        deadline = broker._deadline()
-        attempt = 0
-        while True:
-            try:
-                ends, floors = await depth_figures(self.topic)
-                break
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Unavailable(f"depth of topic {self.topic.name!r} (max_depth): no answer from "
-                                      f"JetStream in time (last error: {describe(e)})") from e
-                await asyncio.sleep(min(left, backoff(attempt)))
+        ends, floors = await retry_transient(lambda: depth_figures(self.topic),
+                                             f"depth of topic {self.topic.name!r} (max_depth)",
+                                             self.topic._broker._deadline())
         with self._lock:
             # The server's ends replace the view's (a topic deleted and made
             # again starts over); an ack that came back during the read and

@@ -23,12 +23,12 @@ import json
 import random
 import time
 import urllib.parse
-from typing import Any, Optional
+from typing import Any, Awaitable, Callable, Optional
 
 from pyqueue.errors import Closed, ConfigError
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 
-__all__ = ["Client", "ApiError", "parse_url", "display_url", "connect_options", "MIN_SERVER", "TRANSIENT"]
+__all__ = ["Client", "ApiError", "parse_url", "display_url", "connect_options", "retry_transient", "MIN_SERVER", "TRANSIENT"]
 
 MIN_SERVER = (2, 9, 0)
 _SCHEMES = ("nats", "tls")
@@ -128,7 +128,7 @@ def is_transient(e: BaseException) -> bool:
     if isinstance(e, ApiError):
         return e.code == 503
     if isinstance(e, nats.js.errors.APIError):          # from nats-py's KV and JetStream calls
-        return e.code == 503 or isinstance(e, nats.js.errors.ServiceUnavailableError)
+        return getattr(e, "code", None) == 503 or isinstance(e, nats.js.errors.ServiceUnavailableError)
     return isinstance(e, (asyncio.TimeoutError, nats.errors.NoRespondersError,
                           nats.errors.ConnectionReconnectingError, nats.errors.StaleConnectionError,
                           nats.errors.OutboundBufferLimitError, nats.js.errors.NoStreamResponseError))
@@ -318,6 +318,24 @@ def _backoff(attempt: int) -> float:
 
 
 backoff = _backoff
+
+
+async def retry_transient(op: Callable[[], Awaitable[Any]], what: str, deadline: float) -> Any:
+    """await op(), again on transient failures (a leader election) until the
+    monotonic `deadline`, then Unavailable naming `what`.  Any other error
+    (a failed compare-and-set, a missing key) passes through at once."""
+    attempt = 0
+    while True:
+        try:
+            return await op()
+        except Exception as e:
+            if not is_transient(e):
+                raise
+            attempt += 1
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise Unavailable(f"{what}: no answer from JetStream in time ({_describe(e)})") from e
+            await asyncio.sleep(min(left, _backoff(attempt)))
 
 
 def _version(nc: Any) -> tuple[int, int, int]:

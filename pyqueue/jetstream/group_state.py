@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from pyqueue.errors import ConfigError, CorruptionError, UnknownTopic
-from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND, ApiError
+from pyqueue.jetstream.client import ERR_CONSUMER_NOT_FOUND, ERR_STREAM_NOT_FOUND, ApiError, retry_transient
 from pyqueue.jetstream.errors import Unavailable
 from pyqueue.jetstream.naming import Names, unescape
 
@@ -43,17 +43,10 @@ async def get_state(broker: "JetStreamBroker", key: str, what: str) -> Any:
     read again through a leader election until the broker's timeout (then
     Unavailable naming `what`)."""
     import nats.js.errors
-    from pyqueue.jetstream.broker import _retryable, _unavailable
-    deadline = broker._deadline()
-    while True:
-        try:
-            return await broker._groups_kv.get(key)
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except Exception as e:
-            if not _retryable(e, deadline):
-                raise _unavailable(what, e) from e
-            await asyncio.sleep(0.05)
+    try:
+        return await retry_transient(lambda: broker._groups_kv.get(key), what, broker._deadline())
+    except nats.js.errors.KeyNotFoundError:
+        return None
 
 
 async def read_meta(broker: "JetStreamBroker", topic: str, group: str) -> "dict[str, Any] | None":

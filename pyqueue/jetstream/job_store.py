@@ -59,7 +59,7 @@ from pyqueue.errors import Closed, ConfigError, CorruptionError
 from pyqueue.jobs.definition import JobDefinition
 from pyqueue.jobs.status import CANCELLED, FINAL_STATES, QUEUED, RUNNING, JobStatus
 from pyqueue.jobs.store import PURGE_BATCH, new_id
-from pyqueue.jetstream.client import backoff, describe, is_transient
+from pyqueue.jetstream.client import retry_transient
 from pyqueue.jetstream.errors import Unavailable, Unsupported
 
 if TYPE_CHECKING:
@@ -170,26 +170,9 @@ class JsJobStore:
         return f"{self._fire_prefix}{h}.{scheduled_ns}"
 
     async def _retry(self, op: Callable[[], Awaitable[Any]], what: str, deadline: Optional[float] = None) -> Any:
-        """await op(), again on transient failures until the deadline (the
-        broker's timeout), then Unavailable.  CAS failures and missing keys pass through."""
-        import nats.js.errors
-        if deadline is None:
-            deadline = self.broker._deadline()
-        attempt = 0
-        while True:
-            try:
-                return await op()
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                raise
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Unavailable(f"job store ({self.bucket}): {what}: no answer from JetStream in time "
-                                      f"({describe(e)})") from e
-                await asyncio.sleep(min(left, backoff(attempt)))
+        """op() through leader elections (client.retry_transient), up to the broker's timeout."""
+        return await retry_transient(op, f"job store ({self.bucket}): {what}",
+                                     self.broker._deadline() if deadline is None else deadline)
 
     async def _get(self, key: str) -> Any:
         """The key's entry (value, revision), or None."""

@@ -202,29 +202,11 @@ class Ownership:
             await self._stop_watch()
 
     async def _retry(self, op: Any, what: str, deadline: Optional[float]) -> Any:
-        """await op() again on transient failures (a leader election of the
-        KV stream) until `deadline` (default: the broker's timeout from
-        now), then Unavailable.  CAS failures and missing keys pass through."""
-        import nats.js.errors
-        from pyqueue.jetstream.client import backoff, describe
-        from pyqueue.jetstream.errors import Unavailable
-        if deadline is None:
-            deadline = self.broker._deadline()
-        attempt = 0
-        while True:
-            try:
-                return await op()
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                raise
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Unavailable(f"group {self.group!r} on topic {self.topic.name!r}: {what}: "
-                                      f"no answer from JetStream in time ({describe(e)})") from e
-                await asyncio.sleep(min(left, backoff(attempt)))
+        """op() through leader elections of the KV stream (client.retry_transient),
+        until `deadline` (default: the broker's timeout from now)."""
+        from pyqueue.jetstream.client import retry_transient
+        return await retry_transient(op, f"group {self.group!r} on topic {self.topic.name!r}: {what}",
+                                     self.broker._deadline() if deadline is None else deadline)
 
     # -- heartbeats --
 

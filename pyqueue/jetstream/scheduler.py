@@ -59,7 +59,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional, Sequence
 
 from pyqueue._native import partition_for_key
 from pyqueue.errors import Closed, ConfigError, CorruptionError, MessageTooLarge, PyQueueError, UnknownTopic
-from pyqueue.jetstream.client import backoff, describe, is_transient
+from pyqueue.jetstream.client import describe, retry_transient
 from pyqueue.jetstream.errors import Unavailable
 from pyqueue.jetstream.lease import Lease
 from pyqueue.jetstream.message import to_nats_headers
@@ -188,26 +188,9 @@ class JetStreamScheduler:
     # -- plumbing (coroutines run on the broker's loop) --
 
     async def _retry(self, op: Callable[[], Any], what: str, deadline: Optional[float] = None) -> Any:
-        """await op() again on transient failures until `deadline`, then
-        Unavailable.  CAS failures and missing keys pass through."""
-        import nats.js.errors
-        if deadline is None:
-            deadline = self.broker._deadline()
-        attempt = 0
-        while True:
-            try:
-                return await op()
-            except (nats.js.errors.KeyWrongLastSequenceError, nats.js.errors.KeyNotFoundError):
-                raise
-            except Exception as e:
-                if not is_transient(e):
-                    raise
-                attempt += 1
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise Unavailable(f"scheduler of namespace {self._names.ns!r}: {what}: no answer from "
-                                      f"JetStream in time ({describe(e)})") from e
-                await asyncio.sleep(min(left, backoff(attempt)))
+        """op() through leader elections (client.retry_transient), up to the broker's timeout."""
+        return await retry_transient(op, f"scheduler of namespace {self._names.ns!r}: {what}",
+                                     self.broker._deadline() if deadline is None else deadline)
 
     async def _get(self, key: str, deadline: Optional[float] = None) -> Any:
         import nats.js.errors
