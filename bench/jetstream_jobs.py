@@ -114,14 +114,7 @@ def latency(backend: Backend, samples: int) -> list[float]:
             jobs.define("stamp", target="jobs_tasks:stamp")
             w = worker(expr)
             try:
-                for _ in range(20):                        # warm up: workers started, targets imported
-                    jobs.result(jobs.submit("stamp"), timeout=60)
-                out = []
-                for _ in range(samples):
-                    t = time.time()
-                    started = jobs.result(jobs.submit("stamp"), timeout=60)
-                    out.append((started - t) * 1e3)
-                return out
+                return jobs_bench.submit_to_start_ms(jobs, samples)
             finally:
                 stop(w)
     finally:

@@ -117,6 +117,19 @@ def pyqueue_throughput(n: int, fsync: str) -> float:
         shutil.rmtree(d, ignore_errors=True)
 
 
+def submit_to_start_ms(jobs: "pyqueue.jobs.Jobs", samples: int) -> list[float]:
+    """Milliseconds from submit() to the start of a running worker's
+    "stamp" job, one job at a time, after 20 to warm up."""
+    for _ in range(20):                        # warm up: workers started, targets imported
+        jobs.result(jobs.submit("stamp"), timeout=60)
+    out = []
+    for _ in range(samples):
+        t = time.time()
+        started = jobs.result(jobs.submit("stamp"), timeout=60)
+        out.append((started - t) * 1e3)
+    return out
+
+
 def pyqueue_latency(samples: int, fsync: str) -> list[float]:
     d = tempfile.mkdtemp(prefix="bench-pyqueue-")
     try:
@@ -125,14 +138,7 @@ def pyqueue_latency(samples: int, fsync: str) -> list[float]:
             jobs.define("stamp", target="jobs_tasks:stamp")
             w = pyqueue_worker(d, fsync)
             try:
-                for _ in range(20):                        # warm up: workers started, targets imported
-                    jobs.result(jobs.submit("stamp"), timeout=60)
-                out = []
-                for _ in range(samples):
-                    t = time.time()
-                    started = jobs.result(jobs.submit("stamp"), timeout=60)
-                    out.append((started - t) * 1e3)
-                return out
+                return submit_to_start_ms(jobs, samples)
             finally:
                 stop(w)
     finally:
