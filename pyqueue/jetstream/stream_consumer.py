@@ -361,13 +361,7 @@ class JsStreamConsumer(AsyncConsumer):
         again.  Re-make each owned partition's consumer at the position."""
         self._reconnects = self._broker.client.reconnects
         for p, o in list(self._owned.items()):
-            old = o.consumer
-            o.incarnation += 1
-            o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
-            self._puller.forget(p)
-            try:
-                await self._make_consumer(p, o, [old], self._short_deadline())
-            except Unavailable:
+            if not await self._remake(p, o):
                 self._reconnects = -1     # try again at the next poll
 
     async def _recover(self, p: int) -> None:
@@ -389,14 +383,21 @@ class JsStreamConsumer(AsyncConsumer):
                 return
         if self._owned.get(p) is not o:
             return
+        await self._remake(p, o)     # failing, the next poll finds it unanswered again and retries
+
+    async def _remake(self, p: int, o: _Owned) -> bool:
+        """Re-make p's consumer at o.position under a new name (the server
+        may still hold the old one), dropping what the buffer holds of p.
+        False if it could not be made in time (left to the next poll)."""
         self._puller.forget(p)
         old = o.consumer
         o.incarnation += 1
         o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
         try:
             await self._make_consumer(p, o, [old], self._short_deadline())
+            return True
         except Unavailable:
-            pass                     # the next poll finds it unanswered again and retries
+            return False
 
     def _take(self, n: int) -> list[JsMessage]:
         """Buffered messages of owned partitions, in order: a repeat (below
@@ -449,14 +450,7 @@ class JsStreamConsumer(AsyncConsumer):
         if o.position >= seen:
             return
         o.asked_again_at = o.position
-        self._puller.forget(p)
-        old = o.consumer
-        o.incarnation += 1
-        o.consumer = Names.stream_consumer(self.group, o.gen, o.incarnation)
-        try:
-            await self._make_consumer(p, o, [old], self._short_deadline())
-        except Unavailable:
-            pass                     # the next poll finds it unanswered and re-makes it
+        await self._remake(p, o)     # failing, the next poll finds it unanswered and re-makes it
 
     def __iter__(self) -> Iterator[JsMessage]:
         while not self._closed:
