@@ -175,7 +175,7 @@ async def aiterate(consumer: "Consumer") -> AsyncIterator[Message]:
     """`async for msg in consumer`: every message, until the consumer closes."""
     while True:
         try:
-            msgs = await apoll_batch(consumer, 1, None)
+            msgs = await consumer.apoll_batch(1, None)    # either backend's
         except Closed:
             return
         if msgs:

@@ -26,7 +26,7 @@ from pyqueue.errors import Closed
 if TYPE_CHECKING:
     from pyqueue.jetstream.broker import JetStreamBroker
 
-__all__ = ["apoll_batch", "aiterate", "asend", "run_blocking"]
+__all__ = ["apoll_batch", "asend", "run_blocking"]
 
 _SLICE = 0.25          # seconds a poll slice waits at most: how soon a cancel takes effect
 _THREADS = 64          # polls and sends waiting at once, per broker
@@ -81,17 +81,6 @@ async def apoll_batch(consumer: Any, n: int, timeout: Optional[float]) -> list[A
             return msgs
 
 
-async def aiterate(consumer: Any) -> AsyncIterator[Any]:
-    """`async for msg in consumer`: every message, until the consumer closes."""
-    while True:
-        try:
-            msgs = await apoll_batch(consumer, 1, None)
-        except Closed:
-            return
-        if msgs:
-            yield msgs[0]
-
-
 async def asend(topic: Any, **kwargs: Any) -> Any:
     """Topic.asend: send() on the broker's pool (each pool thread sends on
     a connection of its own, as any sending thread does)."""
@@ -116,7 +105,8 @@ class AsyncConsumer:
 
     def __aiter__(self) -> AsyncIterator[Any]:
         """`async for msg in consumer`: every message until close()."""
-        return aiterate(self)
+        from pyqueue.aio import aiterate
+        return aiterate(self)  # type: ignore[arg-type]
 
     async def __aenter__(self) -> Any:
         return self
